@@ -1,0 +1,332 @@
+"""Configuration: one frozen structure, built once.
+
+This is the only module that reads ``os.environ`` or configuration files. Precedence, in the
+one function that merges it (:func:`load_settings`): built-in defaults < the INI file
+(``/etc/vm-isolation/mesos.conf``, ``VM_ISOLATION_CONF`` or an explicit path) < environment
+variables ``VM_ISOLATION_<SECTION>_<KEY>``. Task labels are applied later, per task, by the
+executor, and may only choose among what this structure allows.
+
+The Mesos side of the environment (the ``MESOS_*`` variables the agent gives an executor) is
+parsed here as well, into :class:`MesosEnvironment`.
+"""
+
+from __future__ import annotations
+
+import configparser
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional
+
+from .errors import ConfigError
+
+DEFAULT_CONF_PATH = Path("/etc/vm-isolation/mesos.conf")
+CONF_ENV = "VM_ISOLATION_CONF"
+ENV_PREFIX = "VM_ISOLATION_"
+DOMAIN_TYPES = ("auto", "kvm", "qemu")
+
+
+@dataclass(frozen=True)
+class LibvirtSettings:
+    uri: str = "qemu:///system"
+    """libvirt connection URI."""
+    network: str = "default"
+    """libvirt network the guests attach to."""
+    domain_type: str = "auto"
+    """kvm, qemu or auto (see :mod:`vm_isolation.accel`)."""
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    dir: Path = Path("/var/lib/vm-isolation/images")
+    """Directory of the kernel, initramfs and base images."""
+    kernel: Path = Path("/var/lib/vm-isolation/images/vmlinux")
+    """Uncompressed guest kernel, booted directly (PVH)."""
+    initrd: Path = Path("/var/lib/vm-isolation/images/initramfs.cpio.gz")
+    """Shared initramfs: loads virtio modules, switches to the root on the overlay disk."""
+    default: str = "busybox"
+    """Image used when a task names none."""
+    bases: Mapping[str, Path] = field(
+        default_factory=lambda: {"busybox": Path("/var/lib/vm-isolation/images/busybox.qcow2")}
+    )
+    """Base image name -> qcow2 path."""
+
+    def base(self, name: str) -> Path:
+        """The base image called ``name``; ConfigError naming the known ones otherwise."""
+        try:
+            return self.bases[name]
+        except KeyError:
+            known = ", ".join(sorted(self.bases)) or "(none)"
+            raise ConfigError(
+                f"no base image named {name!r}; the configuration names: {known}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class VmSettings:
+    overlay_dir: Path = Path("/var/lib/vm-isolation/overlays")
+    key_dir: Path = Path("/run/vm-isolation/keys")
+    console_dir: Path = Path("/var/log/vm-isolation")
+    memory_floor_mib: int = 128
+    default_memory_mib: int = 256
+    max_memory_mib: int = 16384
+    max_vcpus: int = 16
+    boot_timeout_s: float = 120.0
+    """Domain start -> DHCP lease."""
+    ssh_timeout_s: float = 60.0
+    """DHCP lease -> SSH session accepted."""
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    kill_grace_s: float = 3.0
+    ack_timeout_s: float = 60.0
+    guest_sandbox: str = "/mnt/mesos/sandbox"
+
+
+@dataclass(frozen=True)
+class Settings:
+    libvirt: LibvirtSettings = LibvirtSettings()
+    images: ImageSettings = ImageSettings()
+    vm: VmSettings = VmSettings()
+    executor: ExecutorSettings = ExecutorSettings()
+    source: Optional[Path] = None
+    """The file these settings were read from, for messages."""
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+_INT_KEYS = {"memory_floor_mib", "default_memory_mib", "max_memory_mib", "max_vcpus"}
+_FLOAT_KEYS = {"boot_timeout_s", "ssh_timeout_s", "kill_grace_s", "ack_timeout_s"}
+_PATH_KEYS = {"overlay_dir", "key_dir", "console_dir"}
+_SECTIONS = {
+    "libvirt": LibvirtSettings,
+    "images": None,  # handled by _images
+    "vm": VmSettings,
+    "executor": ExecutorSettings,
+}
+
+
+def conf_path(explicit: Optional[Path] = None, environ: Mapping[str, str] = os.environ) -> Path:
+    """Where the configuration is read from: explicit > $VM_ISOLATION_CONF > default."""
+    if explicit is not None:
+        return Path(explicit)
+    if environ.get(CONF_ENV):
+        return Path(environ[CONF_ENV])
+    return DEFAULT_CONF_PATH
+
+
+def load_settings(
+    path: Optional[Path] = None, environ: Mapping[str, str] = os.environ
+) -> Settings:
+    """Read and validate the configuration; ConfigError says which key and what to do."""
+    source = conf_path(path, environ)
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None)
+    try:
+        with open(source, encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no configuration file at {source}: run `scripts/host-setup.sh` (it writes one "
+            f"from conf/mesos.conf.example), or point {CONF_ENV} or --config at one"
+        ) from None
+    except (OSError, UnicodeDecodeError, configparser.Error) as exc:
+        raise ConfigError(f"cannot read configuration {source}: {exc}") from exc
+    _apply_environment(parser, environ)
+    return settings_from_parser(parser, source)
+
+
+def settings_from_parser(parser: configparser.ConfigParser, source: Optional[Path]) -> Settings:
+    for section in parser.sections():
+        if section not in _SECTIONS and not section.startswith("image:"):
+            raise ConfigError(f"{source}: unknown section [{section}]")
+    return Settings(
+        libvirt=_section(parser, "libvirt", LibvirtSettings, source),
+        images=_images(parser, source),
+        vm=_section(parser, "vm", VmSettings, source),
+        executor=_section(parser, "executor", ExecutorSettings, source),
+        source=source,
+    )
+
+
+def _apply_environment(parser: configparser.ConfigParser, environ: Mapping[str, str]) -> None:
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONF_ENV:
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section not in _SECTIONS or not key:
+            raise ConfigError(
+                f"environment variable {name} names no setting; expected "
+                f"{ENV_PREFIX}<SECTION>_<KEY> with SECTION one of {', '.join(_SECTIONS)}"
+            )
+        if not parser.has_section(section):
+            parser.add_section(section)
+        parser.set(section, key, value)
+
+
+def _section(parser: configparser.ConfigParser, name: str, cls: type, source: Optional[Path]):  # type: ignore[no-untyped-def]
+    defaults = cls()
+    values: dict[str, object] = {}
+    if parser.has_section(name):
+        known = set(defaults.__dataclass_fields__)
+        for key, raw in parser.items(name):
+            if key not in known:
+                raise ConfigError(
+                    f"{source}: unknown key {key!r} in [{name}]; known keys: {', '.join(sorted(known))}"
+                )
+            values[key] = _convert(name, key, raw, source)
+    settings = cls(**values)
+    _validate(name, settings, source)
+    return settings
+
+
+def _convert(section: str, key: str, raw: str, source: Optional[Path]) -> object:
+    raw = raw.strip()
+    where = f"{source}: [{section}] {key} = {raw!r}"
+    if key in _INT_KEYS:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a whole number") from None
+        if value <= 0:
+            raise ConfigError(f"{where}: must be greater than 0")
+        return value
+    if key in _FLOAT_KEYS:
+        try:
+            number = float(raw)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number of seconds") from None
+        if not math.isfinite(number) or number < 0:
+            raise ConfigError(f"{where}: must be a finite number of seconds, 0 or more")
+        return number
+    if key in _PATH_KEYS:
+        return Path(raw)
+    return raw
+
+
+def _validate(section: str, settings: object, source: Optional[Path]) -> None:
+    if isinstance(settings, LibvirtSettings) and settings.domain_type not in DOMAIN_TYPES:
+        raise ConfigError(
+            f"{source}: [libvirt] domain_type = {settings.domain_type!r}: use one of "
+            f"{', '.join(DOMAIN_TYPES)}"
+        )
+    if isinstance(settings, VmSettings) and settings.memory_floor_mib > settings.max_memory_mib:
+        raise ConfigError(f"{source}: [vm] memory_floor_mib is above max_memory_mib")
+
+
+def _images(parser: configparser.ConfigParser, source: Optional[Path]) -> ImageSettings:
+    defaults = ImageSettings()
+    section = dict(parser.items("images")) if parser.has_section("images") else {}
+    unknown = set(section) - {"dir", "kernel", "initrd", "default"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) in [images]: {', '.join(sorted(unknown))}")
+    directory = Path(section.get("dir", str(defaults.dir)))
+
+    def resolve(value: str) -> Path:
+        p = Path(value.strip())
+        return p if p.is_absolute() else directory / p
+
+    bases: dict[str, Path] = {}
+    for name in parser.sections():
+        if not name.startswith("image:"):
+            continue
+        image = name[len("image:"):]
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", image):
+            raise ConfigError(f"{source}: [{name}]: image names use letters, digits, '_', '.', '-'")
+        items = dict(parser.items(name))
+        if set(items) != {"path"}:
+            raise ConfigError(f"{source}: [{name}] takes exactly one key, path")
+        bases[image] = resolve(items["path"])
+    if not parser.has_section("images") and not bases:
+        bases = {"busybox": directory / "busybox.qcow2"}
+    default = section.get("default", defaults.default).strip()
+    if default not in bases:
+        raise ConfigError(
+            f"{source}: [images] default = {default!r} but no [image:{default}] section exists"
+        )
+    return ImageSettings(
+        dir=directory,
+        kernel=resolve(section.get("kernel", "vmlinux")),
+        initrd=resolve(section.get("initrd", "initramfs.cpio.gz")),
+        default=default,
+        bases=bases,
+    )
+
+
+# --- the Mesos environment ------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ns|us|ms|secs|mins|hrs|days|weeks)\s*$")
+_UNIT_S = {
+    "ns": 1e-9, "us": 1e-6, "ms": 1e-3, "secs": 1.0, "mins": 60.0,
+    "hrs": 3600.0, "days": 86400.0, "weeks": 604800.0,
+}
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Mesos (stout) duration such as ``5secs`` or ``15mins`` into seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ConfigError(
+            f"{text!r} is not a Mesos duration (a number followed by one of "
+            f"{', '.join(_UNIT_S)}, e.g. 5secs)"
+        )
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+@dataclass(frozen=True)
+class MesosEnvironment:
+    """What the Mesos agent told this executor through its environment."""
+
+    framework_id: str
+    executor_id: str
+    agent_endpoint: str
+    """host:port of the agent's HTTP API."""
+    directory: Path
+    """The executor's sandbox on the host."""
+    checkpoint: bool
+    shutdown_grace_period_s: float
+    subscription_backoff_max_s: float
+    recovery_timeout_s: float
+    agent_id: str = ""
+    variables: Mapping[str, str] = field(default_factory=dict)
+    """Every MESOS_* and LIBPROCESS_* variable as given, to pass on into guests."""
+
+
+def mesos_environment(environ: Mapping[str, str] = os.environ) -> MesosEnvironment:
+    """Parse the agent-provided environment; ConfigError names what is missing."""
+    missing = [
+        name
+        for name in ("MESOS_FRAMEWORK_ID", "MESOS_EXECUTOR_ID", "MESOS_AGENT_ENDPOINT", "MESOS_DIRECTORY")
+        if not environ.get(name)
+    ]
+    if missing:
+        raise ConfigError(
+            f"not started by a Mesos agent: {', '.join(missing)} unset. vm-isolation-executor "
+            f"is meant to be the command of a framework's ExecutorInfo; to try it by hand use "
+            f"vm-isolation-run"
+        )
+    checkpoint_raw = environ.get("MESOS_CHECKPOINT", "0").strip()
+    if checkpoint_raw not in ("0", "1"):
+        raise ConfigError(f"MESOS_CHECKPOINT={checkpoint_raw!r}: expected 0 or 1")
+
+    def duration(name: str, default: str) -> float:
+        return parse_duration(environ.get(name) or default)
+
+    return MesosEnvironment(
+        framework_id=environ["MESOS_FRAMEWORK_ID"],
+        executor_id=environ["MESOS_EXECUTOR_ID"],
+        agent_endpoint=environ["MESOS_AGENT_ENDPOINT"],
+        directory=Path(environ["MESOS_DIRECTORY"]),
+        # NOTE: pymesos reads this as bool(string), so "0" would mean *on*. Parsed here instead.
+        checkpoint=checkpoint_raw == "1",
+        shutdown_grace_period_s=duration("MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD", "5secs"),
+        subscription_backoff_max_s=duration("MESOS_SUBSCRIPTION_BACKOFF_MAX", "2secs"),
+        recovery_timeout_s=duration("MESOS_RECOVERY_TIMEOUT", "15mins"),
+        agent_id=environ.get("MESOS_SLAVE_ID", ""),
+        variables={
+            k: v for k, v in environ.items() if k.startswith(("MESOS_", "LIBPROCESS_"))
+        },
+    )
