@@ -55,7 +55,7 @@ class Deadline:
     clock: Clock
 
     @classmethod
-    def after(cls, seconds: float, clock: Clock = SYSTEM_CLOCK) -> "Deadline":
+    def after(cls, seconds: float, clock: Clock = SYSTEM_CLOCK) -> Deadline:
         return cls(clock.monotonic() + seconds, clock)
 
     def remaining(self) -> float:

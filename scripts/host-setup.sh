@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 host to run vm-isolation guests. Idempotent: a second run on a ready host
+# takes about a second. Usable by operators as well as by `make demo` / `make test`.
+#
+#   scripts/host-setup.sh            packages, daemons, directories, /etc/vm-isolation/mesos.conf
+#
+# The libvirt network tuning (STP off, dnsmasq no-ping) needs libvirt-python and is done by
+# `python -m vm_isolation.hostsetup` afterwards (the Makefile runs both).
+#
+# Why each step is needed is measured in shared/reference/vm-stack.md:
+#  * the Debian packages' postinst scripts start nothing when there is no systemd, so virtlogd
+#    and libvirtd are started by hand here;
+#  * libvirtd double-forks qemu and dnsmasq; when PID 1 is not an init system it reaps orphans
+#    only every 1-2 s and every virDomainDestroy then takes 1.2-2.2 s instead of 0.2 s. Running
+#    libvirtd under `tini -s` (a child subreaper) fixes that.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$HERE")
+CONF=${VM_ISOLATION_CONF:-/etc/vm-isolation/mesos.conf}
+VIRSH=(virsh -c qemu:///system)
+
+# qemu-system-x86 / qemu-utils .... the hypervisor and qemu-img (overlays)
+# libvirt-daemon-system ........... libvirtd 9.0 (+ its `default` network definition)
+# libvirt-dev pkg-config gcc ...... libvirt-python builds from source against them
+# python3-venv python3-dev ........ the project's virtualenv on Debian's python3
+# dnsmasq-base dnsmasq-utils ...... DHCP for the guests; dhcp_release frees a destroyed guest's lease
+# busybox-static dropbear-bin openssh-sftp-server cpio kmod e2fsprogs xz-utils
+#                                   .. the test guest image (scripts/build-image.sh)
+# tini ............................ child subreaper for libvirtd (see above)
+PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
+  pkg-config gcc python3-venv python3-dev dnsmasq-base dnsmasq-utils busybox-static dropbear-bin
+  openssh-sftp-server openssh-client iptables nftables iproute2 kmod cpio gzip xz-utils e2fsprogs
+  tini make)
+
+say() { printf 'host-setup: %s\n' "$*" >&2; }
+die() { printf 'host-setup: ERROR: %s\n' "$*" >&2; exit 1; }
+
+require_root() {
+  [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and starts libvirtd): sudo $0"
+}
+
+install_packages() {
+  local missing=() p
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then say "packages: all present"; return; fi
+  say "packages: installing ${missing[*]} (about a minute on a fresh machine)"
+  apt-get update -q >&2 || die "apt-get update failed: is a Debian mirror reachable?"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
+    || die "apt-get install failed for: ${missing[*]}"
+}
+
+pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+start_daemons() {
+  if [ -d /run/systemd/system ]; then
+    say "daemons: systemd present, starting virtlogd and libvirtd through it"
+    systemctl start virtlogd libvirtd || die "systemctl start libvirtd failed: see journalctl -u libvirtd"
+  else
+    mkdir -p /run/libvirt /var/log/libvirt
+    pid_alive /run/virtlogd.pid || { say "daemons: starting virtlogd"; virtlogd -d; }
+    if ! pid_alive /run/libvirtd.pid; then
+      say "daemons: starting libvirtd under tini -s (PID 1 is not an init system)"
+      setsid nohup tini -s -- /usr/sbin/libvirtd >>/var/log/libvirt/libvirtd-foreground.log 2>&1 </dev/null &
+    fi
+  fi
+  local i
+  for i in $(seq 1 600); do
+    "${VIRSH[@]}" version >/dev/null 2>&1 && { say "daemons: libvirtd answers"; return; }
+    sleep 0.1
+  done
+  die "libvirtd did not answer within 60 s: see /var/log/libvirt/libvirtd-foreground.log"
+}
+
+write_config() {
+  if [ -f "$CONF" ]; then say "config: $CONF exists, left as it is"; return; fi
+  install -d -m 0755 "$(dirname "$CONF")"
+  install -m 0644 "$REPO/conf/mesos.conf.example" "$CONF"
+  say "config: wrote $CONF from conf/mesos.conf.example"
+}
+
+make_directories() {
+  # Images and overlays must be traversable by the libvirt-qemu user; keys only by root.
+  install -d -m 0755 /var/lib/vm-isolation /var/lib/vm-isolation/images /var/lib/vm-isolation/overlays
+  install -d -m 0700 /run/vm-isolation /run/vm-isolation/keys
+  install -d -m 0750 /var/log/vm-isolation
+}
+
+require_root
+install_packages
+start_daemons
+make_directories
+write_config

@@ -1,0 +1,340 @@
+"""One guest's life: overlay -> define -> start -> lease -> ssh, and teardown in reverse.
+
+:meth:`GuestLauncher.boot` is a context manager. Each phase is a short method; the undo of
+every resource is registered on an ``ExitStack`` the moment the resource exists, so teardown
+runs in reverse order on every path, errors and cancellation included: the SSH session is
+closed, the domain destroyed, its lease released, its definition, overlay and key removed.
+
+It is written against small Protocols (:class:`Hypervisor`, :class:`Disks`, the SSH connector
+and key factory), so the whole state machine is unit-tested on fakes; the real adapters are
+:mod:`hypervisor`, :mod:`overlay`, :mod:`remote`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import shutil
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Protocol, TypeVar
+
+from . import overlay
+from .config import Settings
+from .domainxml import DomainSpec, Owner
+from .errors import AddressTimeout, GuestDied, GuestError, SshUnavailable, VmIsolationError
+from .hypervisor import NetworkInfo
+from .ids import DomainName, random_mac
+from .leases import Lease, Leases
+from .waiting import SYSTEM_CLOCK, Clock, Deadline, WaitTimeout, poll_until
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+HOSTKEY_MARKER = "VMISO-HOSTKEY"
+ERROR_MARKER = "VMISO-ERROR"
+CONSOLE_TAIL_LINES = 25
+
+
+class Phase(enum.StrEnum):
+    """The phases of a guest's boot, in order; the values name them in timings and messages."""
+
+    OVERLAY = "overlay"
+    DEFINE = "define"
+    START = "start"
+    LEASE = "lease"
+    SSH = "ssh"
+
+
+class Cancelled(VmIsolationError):
+    """The boot was cancelled (the task was killed) before the guest was ready."""
+
+
+# --- the boundaries this module is written against -------------------------------------------
+
+class Hypervisor(Protocol):
+    def define(self, spec: DomainSpec) -> None: ...
+    def start(self, name: str) -> None: ...
+    def state(self, name: str) -> Optional[str]: ...
+    def destroy(self, name: str) -> None: ...
+    def undefine(self, name: str) -> None: ...
+    def require_active_network(self, name: str) -> NetworkInfo: ...
+
+
+class Disks(Protocol):
+    def create(self, base: Path, overlay_path: Path) -> Path: ...
+    def remove(self, overlay_path: Path) -> None: ...
+
+
+class ClientKeyLike(Protocol):
+    @property
+    def public_openssh(self) -> str: ...
+
+
+class RemoteSession(Protocol):
+    def close(self) -> None: ...
+
+
+KeyFactory = Callable[[Path], ClientKeyLike]
+Connector = Callable[..., RemoteSession]
+
+
+class QemuImgDisks:
+    """:class:`Disks` through qemu-img overlays."""
+
+    def create(self, base: Path, overlay_path: Path) -> Path:
+        return overlay.create_overlay(base, overlay_path)
+
+    def remove(self, overlay_path: Path) -> None:
+        overlay.remove_overlay(overlay_path)
+
+
+# --- values ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GuestRequest:
+    name: DomainName
+    base_image: Path
+    vcpus: int = 1
+    memory_mib: int = 256
+    owner: Owner = Owner()
+    console_log: Optional[Path] = None
+    """Where to keep the serial console; None: the console dir, removed at teardown."""
+
+
+@dataclass
+class Guest:
+    """A booted guest with an open SSH session."""
+
+    name: DomainName
+    mac: str
+    lease: Lease
+    remote: RemoteSession
+    console_log: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ip(self) -> str:
+        return self.lease.ip
+
+    def console_tail(self) -> str:
+        return console_tail(self.console_log)
+
+
+def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
+    """The last lines of a console log, printable characters only ('' if unreadable)."""
+    try:
+        data = path.read_bytes()[-16384:]
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace").replace("\r", "")
+    clean = "".join(ch for ch in text if ch == "\n" or ch.isprintable())
+    return "\n".join(clean.strip("\n").splitlines()[-lines:])
+
+
+def host_key_from_console(path: Path) -> Optional[str]:
+    """The first ``VMISO-HOSTKEY <type> <base64>`` the guest's init printed, as "type base64".
+
+    The first one is taken on purpose: init prints it before any task code can run, so a task
+    printing a fake line later cannot change which key we trust.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        parts = line.strip().split()
+        if len(parts) == 3 and parts[0] == HOSTKEY_MARKER:
+            return f"{parts[1]} {parts[2]}"
+    return None
+
+
+# --- the lifecycle -------------------------------------------------------------------------
+
+ProgressFn = Callable[[str, float], None]
+
+
+class GuestLauncher:
+    """Boots guests from base images and tears them down, leaving nothing behind."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        hypervisor: Hypervisor,
+        leases: Leases,
+        *,
+        domain_type: str,
+        connect: Connector,
+        make_key: KeyFactory,
+        disks: Optional[Disks] = None,
+        clock: Clock = SYSTEM_CLOCK,
+        wallclock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.hypervisor = hypervisor
+        self.leases = leases
+        self.domain_type = domain_type
+        self._connect = connect
+        self._make_key = make_key
+        self._disks = disks or QemuImgDisks()
+        self._clock = clock
+        self._wallclock = wallclock
+
+    @contextmanager
+    def boot(
+        self,
+        request: GuestRequest,
+        *,
+        cancel: Optional[threading.Event] = None,
+        progress: ProgressFn = lambda phase, seconds: None,
+    ) -> Iterator[Guest]:
+        """Boot ``request``'s guest; on leaving the block (any way) everything is removed."""
+        boot = _Boot(self, request, cancel or threading.Event(), progress)
+        with ExitStack() as undo:
+            yield boot.run(undo)
+
+
+class _Boot:
+    """The state of one boot; one short method per phase."""
+
+    def __init__(self, launcher: GuestLauncher, request: GuestRequest, cancel: threading.Event,
+                 progress: ProgressFn) -> None:
+        self.l = launcher
+        self.req = request
+        self.cancel = cancel
+        self.progress = progress
+        self.vm = launcher.settings.vm
+        self.network = launcher.settings.libvirt.network
+        self.mac = random_mac()
+        self.console_log = request.console_log or self.vm.console_dir / f"{request.name}.console"
+        self.overlay_path = self.vm.overlay_dir / f"{request.name}.qcow2"
+        self.key_dir = self.vm.key_dir / request.name
+        self.timings: dict[str, float] = {}
+        self.lease: Optional[Lease] = None
+        self.phase = Phase.OVERLAY
+
+    def run(self, undo: ExitStack) -> Guest:
+        self.l.hypervisor.require_active_network(self.network)
+        self._timed(Phase.OVERLAY, lambda: self._overlay(undo))
+        key = self._key(undo)
+        self._timed(Phase.DEFINE, lambda: self._define(undo, key))
+        stale = self._lease_keys_before_start()
+        self._timed(Phase.START, lambda: self._start(undo))
+        lease = self._timed(Phase.LEASE, lambda: self._wait_lease(stale))
+        remote = self._timed(Phase.SSH, lambda: self._ssh(undo, lease, key))
+        return Guest(self.req.name, self.mac, lease, remote, self.console_log, self.timings)
+
+    def _timed(self, phase: Phase, step: Callable[[], _T]) -> _T:
+        self._check_cancel()
+        self.phase = phase
+        started = self.l._clock.monotonic()
+        result = step()
+        elapsed = self.l._clock.monotonic() - started
+        self.timings[phase.value] = round(elapsed, 3)
+        log.info("%s: %s done in %.2f s", self.req.name, phase.value, elapsed)
+        self.progress(phase.value, elapsed)
+        return result
+
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled(f"boot of {self.req.name} cancelled")
+
+    # --- phases ----------------------------------------------------------------------------
+    def _overlay(self, undo: ExitStack) -> None:
+        self.l._disks.create(self.req.base_image, self.overlay_path)
+        undo.callback(self.l._disks.remove, self.overlay_path)
+
+    def _key(self, undo: ExitStack) -> ClientKeyLike:
+        key = self.l._make_key(self.key_dir)
+        undo.callback(shutil.rmtree, self.key_dir, ignore_errors=True)
+        return key
+
+    def _define(self, undo: ExitStack, key: ClientKeyLike) -> None:
+        if self.req.console_log is None:
+            undo.callback(self.console_log.unlink, missing_ok=True)
+        spec = DomainSpec(
+            name=self.req.name,
+            domain_type=self.l.domain_type,
+            vcpus=self.req.vcpus,
+            memory_mib=self.req.memory_mib,
+            kernel=self.l.settings.images.kernel,
+            initrd=self.l.settings.images.initrd,
+            cmdline=self._cmdline(key),
+            disk=self.overlay_path,
+            mac=self.mac,
+            network=self.network,
+            console_log=self.console_log,
+            owner=replace(self.req.owner, created_at=self.l._wallclock()),
+        )
+        self.l.hypervisor.define(spec)
+        undo.callback(self.l.hypervisor.undefine, self.req.name)
+        # Registered before start, so it runs after destroy: a dead guest cannot renew it.
+        undo.callback(self._release_lease)
+
+    def _cmdline(self, key: ClientKeyLike) -> str:
+        key_type, key_b64 = key.public_openssh.split()[:2]
+        return (f"console=ttyS0 quiet panic=-1 vmiso.hostname={self.req.name} "
+                f"vmiso.authkey={key_type}:{key_b64}")
+
+    def _lease_keys_before_start(self) -> frozenset[tuple[str, float]]:
+        return frozenset(lease.key for lease in self.l.leases.all_for(self.network, self.mac))
+
+    def _start(self, undo: ExitStack) -> None:
+        undo.callback(self.l.hypervisor.destroy, self.req.name)
+        self.l.hypervisor.start(self.req.name)
+
+    def _wait_lease(self, stale: frozenset[tuple[str, float]]) -> Lease:
+        deadline = Deadline.after(self.vm.boot_timeout_s, self.l._clock)
+        try:
+            self.lease = self.l.leases.wait_for_address(
+                self.network, self.mac, deadline, stale=stale, check=self._check_alive)
+        except WaitTimeout:
+            raise AddressTimeout(
+                f"{self.req.name} got no DHCP lease on network {self.network!r} within "
+                f"{self.vm.boot_timeout_s:g} s (MAC {self.mac}): the guest did not boot or its DHCP "
+                f"client got no answer; raise [vm] boot_timeout_s on a slow host",
+                phase=Phase.LEASE.value, console_tail=console_tail(self.console_log),
+            ) from None
+        return self.lease
+
+    def _ssh(self, undo: ExitStack, lease: Lease, key: ClientKeyLike) -> RemoteSession:
+        deadline = Deadline.after(self.vm.ssh_timeout_s, self.l._clock)
+
+        def announced() -> Optional[str]:
+            self._check_alive()
+            return host_key_from_console(self.console_log)
+
+        try:
+            host_key = poll_until(announced, deadline, interval_s=0.1, what="the guest's host key")
+        except WaitTimeout:
+            raise SshUnavailable(
+                f"{self.req.name} never announced its SSH host key on the serial console "
+                f"({self.console_log}); is the image built by scripts/build-image.sh?",
+                phase=Phase.SSH.value, console_tail=console_tail(self.console_log),
+            ) from None
+        try:
+            remote = self.l._connect(lease.ip, host_key=host_key, client_key=key, deadline=deadline)
+        except GuestError as exc:
+            exc.console_tail = exc.console_tail or console_tail(self.console_log)
+            raise
+        undo.callback(remote.close)
+        return remote
+
+    # --- checks and undo -------------------------------------------------------------------
+    def _check_alive(self) -> None:
+        self._check_cancel()
+        state = self.l.hypervisor.state(self.req.name)
+        if state != "running":
+            raise GuestDied(
+                f"{self.req.name} stopped while booting (state {state or 'gone'})",
+                phase=self.phase.value, console_tail=console_tail(self.console_log),
+            )
+
+    def _release_lease(self) -> None:
+        lease = self.lease or self.l.leases.current(self.network, self.mac)
+        if lease is not None:
+            self.l.leases.release(self.network, lease)
+

@@ -1,0 +1,288 @@
+"""libvirt: the only module that imports it.
+
+:class:`LibvirtHypervisor` speaks in domain verbs (define, start, destroy, undefine, leases)
+and turns every ``libvirtError`` into the project's errors in one place (:func:`_mapped`).
+Destroy and undefine are idempotent, because teardown runs on every path, including paths
+where the domain never came to exist.
+
+NOTE: libvirt-python prints every error to stderr through its default handler, even errors we
+expect and handle (e.g. "Domain not found" during teardown); the handler is silenced at import.
+NOTE: when libvirtd restarts, an open connection is dead for good; calls reconnect once
+(bounded) before giving up with LibvirtUnavailable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import xml.etree.ElementTree as ET
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, TypeVar
+
+import libvirt
+
+from . import domainxml
+from .domainxml import DomainSpec, Owner
+from .errors import GuestDied, LibvirtUnavailable, NetworkUnavailable, NotFound, VmIsolationError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+_NO_DOMAIN = {libvirt.VIR_ERR_NO_DOMAIN}
+_CONNECTION_LOST = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC}
+_NOT_RUNNING = {libvirt.VIR_ERR_OPERATION_INVALID}
+STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "nostate",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+}
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    name: str
+    bridge: str
+    active: bool
+
+
+@dataclass(frozen=True)
+class RawLease:
+    """One DHCP lease as libvirt reports it."""
+
+    mac: str
+    ip: str
+    hostname: str
+    expiry_time: float
+    client_id: str
+
+
+@dataclass(frozen=True)
+class OwnedDomain:
+    name: str
+    state: str
+    owner: Owner
+    macs: tuple[str, ...]
+    disks: tuple[str, ...]
+
+
+class LibvirtHypervisor:
+    """One libvirt connection, shared by threads (libvirt's client is thread-safe)."""
+
+    def __init__(self, uri: str = "qemu:///system") -> None:
+        self.uri = uri
+        self._conn: Optional[libvirt.virConnect] = None
+        self._lock = threading.Lock()
+
+    # --- connection ---------------------------------------------------------------------
+    def _connection(self, *, fresh: bool = False) -> libvirt.virConnect:
+        with self._lock:
+            if fresh and self._conn is not None:
+                self._close_quietly()
+            if self._conn is None:
+                try:
+                    self._conn = libvirt.open(self.uri)
+                except libvirt.libvirtError as exc:
+                    raise LibvirtUnavailable(
+                        f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}. "
+                        f"Start libvirtd (scripts/host-setup.sh does) and check this user may use "
+                        f"its socket"
+                    ) from exc
+            return self._conn
+
+    def _close_quietly(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.close()
+        except libvirt.libvirtError:
+            pass
+        self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_quietly()
+
+    def _call(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
+        """Run ``fn`` on the connection, reconnecting once if libvirtd went away meanwhile."""
+        conn = self._connection()
+        try:
+            return fn(conn)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() not in _CONNECTION_LOST and conn.isAlive():
+                raise _mapped(what, exc) from exc
+            log.warning("libvirt connection lost during %s; reconnecting", what)
+        conn = self._connection(fresh=True)
+        try:
+            return fn(conn)
+        except libvirt.libvirtError as exc:
+            raise _mapped(what, exc) from exc
+
+    # --- domains -------------------------------------------------------------------------
+    def define(self, spec: DomainSpec) -> None:
+        xml = domainxml.render(spec)
+        self._call(f"define domain {spec.name}", lambda c: c.defineXML(xml))
+
+    def start(self, name: str) -> None:
+        def start(conn: libvirt.virConnect) -> None:
+            conn.lookupByName(name).create()
+
+        try:
+            self._call(f"start domain {name}", start)
+        except VmIsolationError as exc:
+            if isinstance(exc, LibvirtUnavailable):
+                raise
+            raise GuestDied(f"libvirt could not start {name}: {exc}", phase="start") from exc
+
+    def state(self, name: str) -> Optional[str]:
+        """The domain's state name (``running``, ``shutoff``, ...), or None if it does not exist."""
+        try:
+            code, _reason = self._call(f"read state of {name}", lambda c: c.lookupByName(name).state())
+        except NotFound:
+            return None
+        return STATE_NAMES.get(code, f"state-{code}")
+
+    def destroy(self, name: str) -> None:
+        """Power the domain off hard; absent or already stopped is fine."""
+        with suppress(NotFound, _NotRunning):
+            self._call(f"destroy {name}", lambda c: c.lookupByName(name).destroy())
+
+    def shutdown(self, name: str) -> None:
+        """Ask the guest to power off (ACPI); absent or stopped is fine."""
+        with suppress(NotFound, _NotRunning):
+            self._call(f"shut down {name}", lambda c: c.lookupByName(name).shutdown())
+
+    def undefine(self, name: str) -> None:
+        """Remove the domain's definition; absent is fine. Destroy first if it runs."""
+        with suppress(NotFound):
+            self._call(f"undefine {name}", lambda c: c.lookupByName(name).undefine())
+
+    def domain_macs(self, name: str) -> tuple[str, ...]:
+        """MAC addresses of the domain's network interfaces; NotFound if no such domain."""
+        xml = self._call(f"read XML of {name}", lambda c: c.lookupByName(name).XMLDesc(0))
+        return _macs(xml)
+
+    def owned_domains(self) -> list[OwnedDomain]:
+        """Every domain whose metadata says vm-isolation created it."""
+        found = []
+        for dom in self._call("list domains", lambda c: c.listAllDomains(0)):
+            try:
+                xml = dom.XMLDesc(0)
+                code, _ = dom.state()
+            except libvirt.libvirtError:
+                continue  # vanished while we looked
+            owner = domainxml.parse_owner(xml)
+            if owner is not None:
+                found.append(OwnedDomain(dom.name(), STATE_NAMES.get(code, "?"), owner, _macs(xml),
+                                         _disks(xml)))
+        return found
+
+    # --- networks ------------------------------------------------------------------------
+    def network(self, name: str) -> NetworkInfo:
+        """The named network; NetworkUnavailable if it does not exist."""
+        try:
+            net = self._call(f"look up network {name}", lambda c: c.networkLookupByName(name))
+            return NetworkInfo(name=name, bridge=net.bridgeName(), active=bool(net.isActive()))
+        except NotFound:
+            raise NetworkUnavailable(
+                f"libvirt network {name!r} does not exist: define it (scripts/host-setup.sh sets "
+                f"up `default`) or set [libvirt] network"
+            ) from None
+
+    def require_active_network(self, name: str) -> NetworkInfo:
+        info = self.network(name)
+        if not info.active:
+            raise NetworkUnavailable(
+                f"libvirt network {name!r} is not active: `virsh net-start {name}` "
+                f"(make demo / make test do this)"
+            )
+        return info
+
+    def dhcp_leases(self, network: str, mac: Optional[str] = None) -> list[RawLease]:
+        """Current DHCP leases of the network, optionally of one MAC only."""
+        def leases(conn: libvirt.virConnect) -> list[dict[str, Any]]:
+            net = conn.networkLookupByName(network)
+            return list(net.DHCPLeases(mac) if mac else net.DHCPLeases())
+
+        return [
+            RawLease(
+                mac=str(entry.get("mac", "")).lower(),
+                ip=str(entry.get("ipaddr", "")),
+                hostname=str(entry.get("hostname") or ""),
+                expiry_time=float(entry.get("expirytime") or 0),
+                client_id=str(entry.get("clientid") or ""),
+            )
+            for entry in self._call(f"read DHCP leases of {network}", leases)
+            if entry.get("type", libvirt.VIR_IP_ADDR_TYPE_IPV4) == libvirt.VIR_IP_ADDR_TYPE_IPV4
+        ]
+
+    def network_xml(self, name: str) -> str:
+        return str(self._call(f"read XML of network {name}",
+                          lambda c: c.networkLookupByName(name).XMLDesc(0)))
+
+    def network_has_guests(self, bridge: str) -> bool:
+        """True while any running domain is attached to ``bridge``."""
+        for dom in self._call("list running domains",
+                              lambda c: c.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)):
+            try:
+                xml = dom.XMLDesc(0)
+            except libvirt.libvirtError:
+                continue
+            if any(el.get("bridge") == bridge
+                   for el in ET.fromstring(xml).iterfind("devices/interface/source")):
+                return True
+        return False
+
+    def redefine_network(self, name: str, xml: str, *, restart: bool) -> None:
+        """Replace a network's definition; restart it so dnsmasq and the bridge take it up."""
+        def redefine(conn: libvirt.virConnect) -> None:
+            if restart:
+                net = conn.networkLookupByName(name)
+                if net.isActive():
+                    net.destroy()
+            conn.networkDefineXML(xml)
+
+        self._call(f"redefine network {name}", redefine)
+
+    def start_network(self, name: str) -> None:
+        def start(conn: libvirt.virConnect) -> None:
+            net = conn.networkLookupByName(name)
+            if not net.isActive():
+                net.create()
+
+        self._call(f"start network {name}", start)
+
+
+class _NotRunning(VmIsolationError):
+    """The operation needs a running domain and it is not (internal: tolerated on teardown)."""
+
+
+def _mapped(what: str, exc: libvirt.libvirtError) -> VmIsolationError:
+    """Turn a libvirtError into ours: the one place libvirt error codes are interpreted."""
+    code = exc.get_error_code()
+    message = f"{what}: {exc.get_error_message()}"
+    if code in _NO_DOMAIN or code == libvirt.VIR_ERR_NO_NETWORK:
+        return NotFound(message)
+    if code in _NOT_RUNNING:
+        return _NotRunning(message)
+    if code in _CONNECTION_LOST:
+        return LibvirtUnavailable(
+            f"{message}. libvirtd went away: restart it (scripts/host-setup.sh)"
+        )
+    return VmIsolationError(message)
+
+
+def _macs(xml: str) -> tuple[str, ...]:
+    root = ET.fromstring(xml)
+    return tuple(el.get("address", "").lower() for el in root.iterfind("devices/interface/mac"))
+
+
+def _disks(xml: str) -> tuple[str, ...]:
+    root = ET.fromstring(xml)
+    return tuple(el.get("file", "") for el in root.iterfind("devices/disk/source") if el.get("file"))

@@ -1,0 +1,47 @@
+"""Identifiers: NewTypes for the ids we pass around, and safe names derived from hostile ones.
+
+A task id comes from a framework and may hold anything (``../``, quotes, newlines, 10 KB of
+text). Nothing derived from it may reach a path, a shell or an XML document unescaped, so the
+names we create (domain names, which are also guest hostnames and file names) use only
+``[a-z0-9-]``, are at most 63 characters long and end in random hex, which makes them
+collision-free even for two tasks whose ids differ only in characters we drop.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import NewType
+
+TaskId = NewType("TaskId", str)
+DomainName = NewType("DomainName", str)
+
+DOMAIN_PREFIX = "vmiso-"
+MAX_NAME = 63  # a DNS label, so the name can be the guest's hostname too
+_RANDOM_HEX = 10
+_UNSAFE = re.compile(r"[^a-z0-9]+")
+_DOMAIN_NAME = re.compile(r"^vmiso-(?:[a-z0-9]+(?:-[a-z0-9]+)*-)?[0-9a-f]{10}$")
+
+
+def domain_name_for(task_id: str) -> DomainName:
+    """A fresh, safe, unique domain name that still hints at the task it runs."""
+    hint = _UNSAFE.sub("-", task_id.lower()).strip("-")
+    room = MAX_NAME - len(DOMAIN_PREFIX) - _RANDOM_HEX - 1
+    hint = hint[:room].strip("-")
+    suffix = secrets.token_hex(_RANDOM_HEX // 2)
+    return DomainName(f"{DOMAIN_PREFIX}{hint}-{suffix}" if hint else f"{DOMAIN_PREFIX}{suffix}")
+
+
+def is_our_domain_name(name: str) -> bool:
+    """True for names :func:`domain_name_for` can produce (used before touching files)."""
+    return len(name) <= MAX_NAME and bool(_DOMAIN_NAME.match(name))
+
+
+def random_mac() -> str:
+    """A random MAC in the 52:54:00 range, which is locally administered (bit 0x02 set).
+
+    A fresh MAC per guest means no earlier lease can be mistaken for this guest's; the lease of
+    a destroyed guest is released at teardown so the 253-address pool does not run dry.
+    """
+    tail = secrets.token_bytes(3)
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
