@@ -36,10 +36,12 @@ class LaunchSpec:
     arguments: Sequence[str] = ()
     """argv as given; arguments[0] is argv[0] (Mesos CommandInfo semantics)."""
     nonce: str = field(default_factory=lambda: secrets.token_hex(8))
+    rundir: str = GUEST_RUN_DIR
+    """Where the launcher keeps the task's pid file."""
 
     @property
     def pidfile(self) -> str:
-        return f"{GUEST_RUN_DIR}/{self.nonce}.pid"
+        return f"{self.rundir}/{self.nonce}.pid"
 
 
 def template_path() -> Path:
@@ -64,7 +66,7 @@ def render_launcher(spec: LaunchSpec, template: Optional[Path] = None) -> str:
     arguments = list(spec.arguments)
     return env.get_template(path.name).render(
         workdir=spec.workdir,
-        rundir=GUEST_RUN_DIR,
+        rundir=spec.rundir,
         assignments=[f"{name}={value}" for name, value in spec.env.items()],
         shell_command=spec.shell_command,
         executable=spec.executable or "",
@@ -96,6 +98,6 @@ def _validate(spec: LaunchSpec) -> None:
             )
         if "\0" in value:
             raise InvalidTask(f"environment variable {name!r} has a NUL character in its value")
-    texts = [spec.workdir, spec.shell_command or "", spec.executable or "", *spec.arguments]
+    texts = [spec.workdir, spec.rundir, spec.shell_command or "", spec.executable or "", *spec.arguments]
     if any("\0" in text for text in texts):
         raise InvalidTask("the command contains a NUL character, which no process can receive")

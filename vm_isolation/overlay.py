@@ -56,10 +56,16 @@ def create_overlay(base: Path, overlay: Path) -> Path:
         raise StorageError(f"overlay directory {directory} does not exist: create it (mode 0755)")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise StorageError(f"overlay directory {directory} is not writable by this user")
-    _qemu_img(
-        ["create", "-q", "-f", "qcow2", "-b", str(base.resolve()), "-F", "qcow2", str(overlay)],
-        what=f"create overlay {overlay}", error=StorageError,
-    )
+    if overlay.exists():
+        raise StorageError(f"overlay {overlay} already exists: another guest has this name")
+    try:
+        _qemu_img(
+            ["create", "-q", "-f", "qcow2", "-b", str(base.resolve()), "-F", "qcow2", str(overlay)],
+            what=f"create overlay {overlay}", error=StorageError,
+        )
+    except StorageError:
+        remove_overlay(overlay)  # qemu-img may leave a partial file behind (e.g. disk full)
+        raise
     return overlay
 
 

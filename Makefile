@@ -1,0 +1,45 @@
+# The single entry point. `make demo` and `make test` each do all set-up on a fresh Debian 12
+# (root) and are fast the second time: every step checks before it acts.
+SHELL := /bin/bash
+VENV ?= venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup host venv image network lint unit clean-venv
+
+demo: setup
+	$(VENV)/bin/vm-isolation-boot --shell 'echo "hello from $$(hostname), kernel $$(uname -r)"; cat /proc/cpuinfo | grep -m1 "model name"'
+
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest -m 'not real' $(PYTEST_ARGS)
+
+setup: host venv image network
+
+host:
+	scripts/host-setup.sh
+
+# The venv is rebuilt when the packaging changes. pymesos's dependency http-parser is built
+# first by scripts/install-http-parser.sh (it does not pip-install on Python >= 3.11).
+venv: $(VENV)/.installed
+$(VENV)/.installed: setup.cfg pyproject.toml scripts/install-http-parser.sh | host
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	scripts/install-http-parser.sh $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+image: host
+	scripts/build-image.sh
+
+network: venv host
+	$(PY) -m vm_isolation.hostsetup
+
+lint: venv
+	$(VENV)/bin/ruff check vm_isolation tests bin
+	$(VENV)/bin/mypy
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,140 @@
+"""Fakes of our own boundaries (not of libvirt or paramiko): they record calls and refuse
+anything they were not prepared for."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from vm_isolation.domainxml import DomainSpec
+from vm_isolation.errors import NotFound
+from vm_isolation.hypervisor import NetworkInfo, RawLease
+
+
+class FakeHypervisor:
+    """Domains as a dict; a started domain 'boots' by writing its host key to the console and
+    (unless told otherwise) getting a lease."""
+
+    def __init__(self, *, gives_lease: bool = True, dies_on_start: bool = False,
+                 network_active: bool = True) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.domains: dict[str, str] = {}
+        self.specs: dict[str, DomainSpec] = {}
+        self.leases: list[RawLease] = []
+        self.gives_lease = gives_lease
+        self.dies_on_start = dies_on_start
+        self.network_active = network_active
+        self.lock = threading.Lock()
+
+    def require_active_network(self, name: str) -> NetworkInfo:
+        from vm_isolation.errors import NetworkUnavailable
+        if not self.network_active:
+            raise NetworkUnavailable(f"network {name} inactive")
+        return NetworkInfo(name, "virbr0", True)
+
+    def network(self, name: str) -> NetworkInfo:
+        return NetworkInfo(name, "virbr0", self.network_active)
+
+    def define(self, spec: DomainSpec) -> None:
+        self.calls.append(("define", spec.name))
+        self.domains[spec.name] = "shutoff"
+        self.specs[spec.name] = spec
+
+    def start(self, name: str) -> None:
+        self.calls.append(("start", name))
+        spec = self.specs[name]
+        if self.dies_on_start:
+            spec.console_log.write_text("VMISO-ERROR no root disk\n")
+            self.domains[name] = "shutoff"
+            return
+        self.domains[name] = "running"
+        spec.console_log.write_text("Linux booting\nVMISO-HOSTKEY ssh-ed25519 AAAAhostkey\nVMISO-READY\n")
+        if self.gives_lease:
+            self.leases.append(RawLease(spec.mac, "192.168.122.50", name, 2e9, "01:" + spec.mac))
+
+    def state(self, name: str) -> Optional[str]:
+        return self.domains.get(name)
+
+    def destroy(self, name: str) -> None:
+        self.calls.append(("destroy", name))
+        if name in self.domains:
+            self.domains[name] = "shutoff"
+
+    def undefine(self, name: str) -> None:
+        self.calls.append(("undefine", name))
+        self.domains.pop(name, None)
+
+    def dhcp_leases(self, network: str, mac: Optional[str] = None) -> list[RawLease]:
+        return [lease for lease in self.leases if mac is None or lease.mac == mac]
+
+
+class FakeDisks:
+    def __init__(self) -> None:
+        self.existing: set[Path] = set()
+
+    def create(self, base: Path, overlay_path: Path) -> Path:
+        if not base.name.endswith(".qcow2"):
+            raise NotFound(f"no base {base}")
+        self.existing.add(overlay_path)
+        return overlay_path
+
+    def remove(self, overlay_path: Path) -> None:
+        self.existing.discard(overlay_path)
+
+
+@dataclass
+class FakeKey:
+    directory: Path
+    public_openssh: str = "ssh-ed25519 AAAAclientkey"
+
+
+def fake_key_factory(directory: Path) -> FakeKey:
+    directory.mkdir(mode=0o700, parents=True)
+    (directory / "id_ed25519").write_text("PRIVATE")
+    return FakeKey(directory)
+
+
+@dataclass
+class FakeRemote:
+    """An SSH session that runs scripted commands."""
+
+    host: str
+    host_key: str
+    closed: bool = False
+    files: dict[str, bytes] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
+    handler: Callable[["FakeRemote", str, Callable[[bytes], None], Callable[[bytes], None]], int] = (
+        lambda r, c, o, e: 0)
+
+    def put(self, data: bytes, remote_path: str, *, mode: int = 0o644) -> None:
+        self.files[remote_path] = data
+
+    def put_file(self, local: Path, remote_path: str, *, mode: Optional[int] = None) -> None:
+        self.files[remote_path] = local.read_bytes()
+
+    def get(self, remote_path: str) -> bytes:
+        return self.files[remote_path]
+
+    def run(self, command: str, *, on_stdout: Optional[Callable[[bytes], None]] = None,
+            on_stderr: Optional[Callable[[bytes], None]] = None, stdin: Optional[bytes] = None,
+            timeout_s: Optional[float] = None) -> int:
+        self.commands.append(command)
+        return self.handler(self, command, on_stdout or (lambda b: None), on_stderr or (lambda b: None))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeConnector:
+    def __init__(self, error: Optional[Exception] = None) -> None:
+        self.error = error
+        self.sessions: list[FakeRemote] = []
+
+    def __call__(self, host: str, *, host_key: str, client_key: object, deadline: object) -> FakeRemote:
+        if self.error is not None:
+            raise self.error
+        remote = FakeRemote(host, host_key)
+        self.sessions.append(remote)
+        return remote

@@ -1,0 +1,106 @@
+"""Configuration: the documented example, precedence, and errors that name the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vm_isolation.config import (
+    ImageSettings, Settings, load_settings, mesos_environment, parse_duration,
+)
+from vm_isolation.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "mesos.conf.example"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mesos.conf"
+    path.write_text(text)
+    return path
+
+
+def test_the_example_file_holds_exactly_the_defaults() -> None:
+    """conf/mesos.conf.example documents every default: loading it equals the built-in Settings."""
+    loaded = load_settings(EXAMPLE, environ={})
+    assert loaded == Settings(source=EXAMPLE)
+
+
+def test_every_setting_is_documented_in_the_example() -> None:
+    """Each key of every settings group appears in the example with its default."""
+    text = EXAMPLE.read_text()
+    settings = Settings()
+    for group in (settings.libvirt, settings.vm, settings.executor):
+        for key in group.__dataclass_fields__:
+            assert f"\n{key} = " in text, key
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    """VM_ISOLATION_<SECTION>_<KEY> beats the file."""
+    path = write(tmp_path, "[libvirt]\nnetwork = filenet\n[vm]\nboot_timeout_s = 10\n")
+    s = load_settings(path, environ={"VM_ISOLATION_LIBVIRT_NETWORK": "envnet"})
+    assert s.libvirt.network == "envnet"
+    assert s.vm.boot_timeout_s == 10
+
+
+def test_conf_path_comes_from_the_environment_when_not_given(tmp_path: Path) -> None:
+    """VM_ISOLATION_CONF names the file when no explicit path is passed."""
+    path = write(tmp_path, "[libvirt]\nnetwork = n2\n")
+    assert load_settings(environ={"VM_ISOLATION_CONF": str(path)}).libvirt.network == "n2"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[libvirt]\ndomain_type = xen\n", "domain_type"),
+    ("[vm]\nmemory_floor_mib = lots\n", "whole number"),
+    ("[vm]\nboot_timeout_s = nan\n", "finite"),
+    ("[vm]\nbogus = 1\n", "unknown key"),
+    ("[nonsense]\n", "unknown section"),
+    ("[images]\ndefault = missing\n[image:busybox]\npath = b.qcow2\n", r"no \[image:missing\]"),
+])
+def test_invalid_values_name_the_key(tmp_path: Path, text: str, words: str) -> None:
+    """A bad value raises ConfigError naming what is wrong."""
+    with pytest.raises(ConfigError, match=words):
+        load_settings(write(tmp_path, text), environ={})
+
+
+def test_a_missing_file_says_how_to_create_one(tmp_path: Path) -> None:
+    """The error for a missing file points at host-setup."""
+    with pytest.raises(ConfigError, match="host-setup"):
+        load_settings(tmp_path / "nope.conf", environ={})
+
+
+def test_images_resolve_relative_to_the_image_dir(tmp_path: Path) -> None:
+    """Relative image paths live in [images] dir; unknown names list the known ones."""
+    s = load_settings(write(tmp_path, "[images]\ndir = /img\ndefault = py\n[image:py]\npath = py.qcow2\n"
+                                      "[image:abs]\npath = /else/a.qcow2\n"), environ={})
+    assert s.images.base("py") == Path("/img/py.qcow2")
+    assert s.images.base("abs") == Path("/else/a.qcow2")
+    assert s.images.kernel == Path("/img/vmlinux")
+    with pytest.raises(ConfigError, match="abs, py"):
+        s.images.base("nope")
+    assert isinstance(s.images, ImageSettings)
+
+
+@pytest.mark.parametrize("text, seconds", [("5secs", 5), ("2secs", 2), ("15mins", 900), ("100ms", 0.1),
+                                           ("1.5hrs", 5400)])
+def test_mesos_durations(text: str, seconds: float) -> None:
+    """Mesos duration strings are parsed into seconds."""
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+AGENT_ENV = {"MESOS_FRAMEWORK_ID": "fw", "MESOS_EXECUTOR_ID": "ex", "MESOS_AGENT_ENDPOINT": "127.0.0.1:5051",
+             "MESOS_DIRECTORY": "/sandbox", "MESOS_SLAVE_ID": "a-S0", "PATH": "/bin"}
+
+
+def test_mesos_checkpoint_zero_means_off() -> None:
+    """MESOS_CHECKPOINT=0 is off (pymesos would read the string '0' as true)."""
+    env = mesos_environment({**AGENT_ENV, "MESOS_CHECKPOINT": "0"})
+    assert env.checkpoint is False
+    assert mesos_environment({**AGENT_ENV, "MESOS_CHECKPOINT": "1"}).checkpoint is True
+    assert "PATH" not in env.variables and env.variables["MESOS_SLAVE_ID"] == "a-S0"
+
+
+def test_missing_agent_variables_are_named() -> None:
+    """Started outside an agent, the error says which variables are missing."""
+    with pytest.raises(ConfigError, match="MESOS_AGENT_ENDPOINT"):
+        mesos_environment({"MESOS_FRAMEWORK_ID": "fw"})

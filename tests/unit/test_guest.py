@@ -1,0 +1,146 @@
+"""The guest lifecycle on fakes: phase order, teardown on every path, no real time spent."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.unit.fakes import FakeConnector, FakeDisks, FakeHypervisor, fake_key_factory
+from vm_isolation.config import Settings, VmSettings
+from vm_isolation.errors import AddressTimeout, GuestDied, NetworkUnavailable, SshAuthError
+from vm_isolation.guest import Cancelled, GuestLauncher, GuestRequest, host_key_from_console
+from vm_isolation.ids import DomainName
+from vm_isolation.leases import Leases
+from vm_isolation.waiting import FakeClock
+
+NAME = DomainName("vmiso-t-0123456789")
+
+
+class World:
+    def __init__(self, tmp_path: Path, hv: FakeHypervisor, connector: FakeConnector | None = None) -> None:
+        self.hv = hv
+        self.disks = FakeDisks()
+        self.clock = FakeClock()
+        self.connector = connector or FakeConnector()
+        settings = Settings()
+        self.settings = replace(settings, vm=replace(
+            VmSettings(), overlay_dir=tmp_path / "overlays", key_dir=tmp_path / "keys",
+            console_dir=tmp_path, boot_timeout_s=30, ssh_timeout_s=10))
+        self.launcher = GuestLauncher(
+            self.settings, hv, Leases(hv, status_dir=tmp_path / "no-status", release_command="true"), domain_type="qemu",
+            connect=self.connector, make_key=fake_key_factory, disks=self.disks, clock=self.clock,
+            wallclock=lambda: 1234.5)
+        self.request = GuestRequest(name=NAME, base_image=Path("/images/busybox.qcow2"))
+        self.tmp = tmp_path
+
+    def assert_nothing_left(self) -> None:
+        assert self.hv.domains == {}
+        assert self.disks.existing == set()
+        assert not (self.tmp / "keys" / NAME).exists()
+        assert not (self.tmp / f"{NAME}.console").exists()
+        assert all(s.closed for s in self.connector.sessions)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path, FakeHypervisor())
+
+
+def test_boot_runs_the_phases_in_order_and_tears_down_in_reverse(world: World) -> None:
+    """Overlay, define, start, lease, ssh; then close, destroy, undefine; nothing is left."""
+    phases: list[str] = []
+    with world.launcher.boot(world.request, progress=lambda p, s: phases.append(p)) as guest:
+        assert guest.ip == "192.168.122.50"
+        assert world.connector.sessions[0].host_key == "ssh-ed25519 AAAAhostkey"
+        assert world.hv.domains[NAME] == "running"
+        spec = world.hv.specs[NAME]
+        assert "vmiso.authkey=ssh-ed25519:AAAAclientkey" in spec.cmdline
+        assert spec.owner.created_at == 1234.5
+    assert phases == ["overlay", "define", "start", "lease", "ssh"]
+    assert world.hv.calls == [("define", NAME), ("start", NAME), ("destroy", NAME), ("undefine", NAME)]
+    world.assert_nothing_left()
+
+
+def test_an_error_inside_the_block_still_tears_everything_down(world: World) -> None:
+    """Whatever the caller raises, the guest and its files are removed."""
+    with pytest.raises(RuntimeError), world.launcher.boot(world.request):
+        raise RuntimeError("task failed")
+    world.assert_nothing_left()
+
+
+def test_no_lease_gives_a_named_timeout_with_the_console_tail(tmp_path: Path) -> None:
+    """A guest that gets no address fails in phase 'lease', quotes its console, spends no real time."""
+    w = World(tmp_path, FakeHypervisor(gives_lease=False))
+    with pytest.raises(AddressTimeout) as info, w.launcher.boot(w.request):
+        pass
+    assert info.value.phase == "lease"
+    assert "VMISO-READY" in info.value.console_tail
+    assert sum(w.clock.sleeps) == pytest.approx(30, abs=0.2)
+    w.assert_nothing_left()
+
+
+def test_a_guest_that_stops_while_booting_fails_fast(tmp_path: Path) -> None:
+    """A domain that powers off (e.g. its initramfs found no disk) is GuestDied at once."""
+    w = World(tmp_path, FakeHypervisor(dies_on_start=True))
+    with pytest.raises(GuestDied) as info, w.launcher.boot(w.request):
+        pass
+    assert "VMISO-ERROR no root disk" in str(info.value)
+    assert w.clock.sleeps == []
+    w.assert_nothing_left()
+
+
+def test_ssh_failure_keeps_its_type_and_gains_the_console_tail(tmp_path: Path) -> None:
+    """An SSH auth error surfaces as SshAuthError with the console, after full teardown."""
+    w = World(tmp_path, FakeHypervisor(), FakeConnector(SshAuthError("refused", phase="ssh")))
+    with pytest.raises(SshAuthError) as info, w.launcher.boot(w.request):
+        pass
+    assert "VMISO-HOSTKEY" in info.value.console_tail
+    w.assert_nothing_left()
+
+
+def test_cancel_before_boot_creates_nothing(world: World) -> None:
+    """A boot cancelled before it starts touches nothing."""
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled), world.launcher.boot(world.request, cancel=cancel):
+        pass
+    assert world.hv.calls == []
+    world.assert_nothing_left()
+
+
+def test_cancel_while_waiting_for_the_lease_tears_down(tmp_path: Path) -> None:
+    """Cancelling during the lease wait stops the wait and removes the guest."""
+    w = World(tmp_path, FakeHypervisor(gives_lease=False))
+    cancel = threading.Event()
+    original = w.clock.sleep
+
+    def sleep(seconds: float) -> None:
+        original(seconds)
+        if len(w.clock.sleeps) == 3:
+            cancel.set()
+
+    w.clock.sleep = sleep  # type: ignore[method-assign]
+    with pytest.raises(Cancelled), w.launcher.boot(w.request, cancel=cancel):
+        pass
+    assert ("destroy", NAME) in w.hv.calls
+    w.assert_nothing_left()
+
+
+def test_an_inactive_network_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    """NetworkUnavailable comes first, so no overlay or domain is made in vain."""
+    w = World(tmp_path, FakeHypervisor(network_active=False))
+    with pytest.raises(NetworkUnavailable), w.launcher.boot(w.request):
+        pass
+    assert w.hv.calls == []
+    w.assert_nothing_left()
+
+
+def test_only_the_first_announced_host_key_is_trusted(tmp_path: Path) -> None:
+    """A later fake VMISO-HOSTKEY line (a task printing to the console) is ignored."""
+    console = tmp_path / "c"
+    console.write_bytes(b"noise\r\nVMISO-HOSTKEY ssh-ed25519 AAAAreal\nVMISO-HOSTKEY ssh-ed25519 AAAAfake\n")
+    assert host_key_from_console(console) == "ssh-ed25519 AAAAreal"
+    assert host_key_from_console(tmp_path / "missing") is None

@@ -1,0 +1,95 @@
+"""Running a launcher in a booted guest: upload it, start it, watch for its start marker.
+
+The launcher's first stderr line is its start marker (see bin/vmLauncherTemplate.sh.j2); it is
+taken off the stream here and reported through ``on_started`` with the task's process group,
+so "running" is only ever said once the task's process really exists in the guest.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from .guest import Guest
+from .launcher import LaunchSpec, parse_started, render_launcher
+
+Sink = Callable[[bytes], None]
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How the task's process ended, from the launcher's exit status."""
+
+    code: int
+
+    @property
+    def signal(self) -> Optional[int]:
+        """The signal that ended the task, when the shell's 128+N convention says so."""
+        if 128 < self.code < 128 + 65:
+            return self.code - 128
+        return None
+
+    def describe(self) -> str:
+        sig = self.signal
+        if sig is not None:
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            return f"exit status {self.code} (terminated by {name})"
+        return f"exit status {self.code}"
+
+
+class _MarkerSplitter:
+    """Passes stderr through, except the first line, which must be the start marker."""
+
+    def __init__(self, nonce: str, on_started: Callable[[int], None], sink: Sink) -> None:
+        self._nonce = nonce
+        self._on_started = on_started
+        self._sink = sink
+        self._head = b""
+        self._seen = False
+
+    def __call__(self, chunk: bytes) -> None:
+        if self._seen:
+            self._sink(chunk)
+            return
+        self._head += chunk
+        line, newline, rest = self._head.partition(b"\n")
+        if not newline:
+            return
+        self._seen = True
+        pgid = parse_started(line.decode("utf-8", "replace"), self._nonce)
+        if pgid is None:
+            self._sink(self._head)  # the launcher failed before starting the task: keep its words
+            return
+        self._on_started(pgid)
+        if rest:
+            self._sink(rest)
+
+    def flush(self) -> None:
+        if not self._seen and self._head:
+            self._sink(self._head)
+
+
+def run_launcher(
+    guest: Guest,
+    spec: LaunchSpec,
+    *,
+    on_started: Callable[[int], None],
+    on_stdout: Sink,
+    on_stderr: Sink,
+) -> ExitStatus:
+    """Upload ``spec``'s launcher, run it to completion, return the task's exit status."""
+    script_path = f"/tmp/vmiso-launch-{spec.nonce}.sh"
+    guest.remote.put(render_launcher(spec).encode(), script_path, mode=0o700)
+    splitter = _MarkerSplitter(spec.nonce, on_started, on_stderr)
+    code = guest.remote.run(f"/bin/sh {script_path}", on_stdout=on_stdout, on_stderr=splitter)
+    splitter.flush()
+    return ExitStatus(code)
+
+
+def signal_task(guest: Guest, pgid: int, signum: int) -> None:
+    """Send ``signum`` to the task's whole process group (it may already be gone)."""
+    guest.remote.run(f"kill -{int(signum)} -- -{int(pgid)} 2>/dev/null; true", timeout_s=15)

@@ -1,0 +1,23 @@
+"""Building the real objects from Settings: the one place adapters are chosen."""
+
+from __future__ import annotations
+
+from .accel import resolve_domain_type
+from .config import Settings
+from .guest import GuestLauncher
+from .hypervisor import LibvirtHypervisor
+from .leases import Leases
+from .remote import SshRemote, generate_client_key
+
+
+def real_launcher(settings: Settings, hypervisor: LibvirtHypervisor | None = None) -> GuestLauncher:
+    """A GuestLauncher on libvirt, qemu-img, dnsmasq leases and paramiko."""
+    hv = hypervisor or LibvirtHypervisor(settings.libvirt.uri)
+    return GuestLauncher(
+        settings,
+        hv,
+        Leases(hv),
+        domain_type=resolve_domain_type(settings.libvirt.domain_type),
+        connect=SshRemote.connect,
+        make_key=generate_client_key,
+    )
