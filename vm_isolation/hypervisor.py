@@ -250,6 +250,17 @@ class LibvirtHypervisor:
 
         self._call(f"redefine network {name}", redefine)
 
+    def remove_network(self, name: str) -> None:
+        """Stop and undefine a network; absent is fine."""
+        def remove(conn: libvirt.virConnect) -> None:
+            net = conn.networkLookupByName(name)
+            if net.isActive():
+                net.destroy()
+            net.undefine()
+
+        with suppress(NotFound):
+            self._call(f"remove network {name}", remove)
+
     def start_network(self, name: str) -> None:
         def start(conn: libvirt.virConnect) -> None:
             net = conn.networkLookupByName(name)

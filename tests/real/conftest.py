@@ -1,0 +1,85 @@
+"""Fixtures for tests against the real stack: libvirtd, QEMU, dnsmasq, SSH in the guest.
+
+They need the host prepared by `make setup` (which `make test` runs first). Every test here
+ends by asserting that nothing it created is left: no domain, overlay, key or lease.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from vm_isolation.config import Settings, load_settings
+from vm_isolation.guest import GuestLauncher
+from vm_isolation.hypervisor import LibvirtHypervisor
+from vm_isolation.leases import Leases
+from vm_isolation.waiting import Deadline, WaitTimeout, poll_until
+from vm_isolation.wiring import real_launcher
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/real/" in str(item.fspath):
+            item.add_marker(pytest.mark.real)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def hypervisor(settings: Settings) -> Iterator[LibvirtHypervisor]:
+    hv = LibvirtHypervisor(settings.libvirt.uri)
+    yield hv
+    hv.close()
+
+
+@pytest.fixture
+def launcher(settings: Settings, hypervisor: LibvirtHypervisor) -> GuestLauncher:
+    return real_launcher(settings, hypervisor)
+
+
+@dataclass
+class Leftovers:
+    """What our guests may leave on the host, to compare before and after a test."""
+
+    settings: Settings
+    hv: LibvirtHypervisor
+
+    def snapshot(self) -> dict[str, set[str]]:
+        vm = self.settings.vm
+        owned = self.hv.owned_domains()
+        return {
+            "domains": {d.name for d in owned},
+            "overlays": {p.name for p in vm.overlay_dir.glob("*.qcow2")},
+            "keys": {p.name for p in vm.key_dir.iterdir()} if vm.key_dir.exists() else set(),
+        }
+
+    def leases_of(self, macs: set[str]) -> list[str]:
+        leases = Leases(self.hv)
+        return [lease.ip for mac in macs for lease in leases.all_for(self.settings.libvirt.network, mac)]
+
+    def assert_none_since(self, before: dict[str, set[str]], macs: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        after = self.snapshot()
+        new = {kind: after[kind] - before[kind] for kind in after}
+        assert new == {"domains": set(), "overlays": set(), "keys": set()}, new
+        if macs:
+            # dnsmasq drops a released lease when it processes dhcp_release: wait for that.
+            try:
+                poll_until(lambda: True if not self.leases_of(macs) else None,
+                           Deadline.after(10), what="released leases to disappear")
+            except WaitTimeout:
+                pytest.fail(f"leases left behind: {self.leases_of(macs)}")
+
+
+@pytest.fixture
+def leftovers(settings: Settings, hypervisor: LibvirtHypervisor) -> Leftovers:
+    return Leftovers(settings, hypervisor)
+
+
+def images_dir(settings: Settings) -> Path:
+    return settings.images.dir

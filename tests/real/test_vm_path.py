@@ -1,0 +1,134 @@
+"""The VM path against the real stack: base image -> overlay -> guest -> lease -> SSH -> command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.real.conftest import Leftovers
+from vm_isolation.config import Settings
+from vm_isolation.errors import AddressTimeout
+from vm_isolation.guest import GuestLauncher, GuestRequest
+from vm_isolation.hypervisor import LibvirtHypervisor
+from vm_isolation.ids import domain_name_for
+from vm_isolation.launcher import LaunchSpec
+from vm_isolation.taskrun import run_launcher
+from vm_isolation.wiring import real_launcher
+
+PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
+BIN_FIND_ADDR = Path(__file__).resolve().parents[2] / "bin" / "find_addr.py"
+
+
+def request(settings: Settings, hint: str) -> GuestRequest:
+    return GuestRequest(name=domain_name_for(hint), base_image=settings.images.base(settings.images.default),
+                        memory_mib=settings.vm.default_memory_mib)
+
+
+def test_a_launcher_runs_in_a_fresh_guest_and_everything_is_removed(
+        settings: Settings, launcher: GuestLauncher, leftovers: Leftovers) -> None:
+    """The guest prints its own hostname, exits 7, and teardown leaves no domain, overlay, key or lease."""
+    before = leftovers.snapshot()
+    req = request(settings, "exit7")
+    out: list[bytes] = []
+    started: list[int] = []
+    with launcher.boot(req) as guest:
+        mac = guest.mac
+        assert leftovers.hv.state(req.name) == "running"
+        spec = LaunchSpec(workdir=settings.executor.guest_sandbox, env={"PATH": PATH},
+                          shell_command='hostname; echo "$0"; exit 7')
+        status = run_launcher(guest, spec, on_started=started.append, on_stdout=out.append,
+                              on_stderr=lambda b: None)
+        assert set(guest.timings) == {"overlay", "define", "start", "lease", "ssh"}
+    assert status.code == 7
+    assert b"".join(out).decode() == f"{req.name}\n/bin/sh\n"
+    assert len(started) == 1 and started[0] > 1
+    leftovers.assert_none_since(before, {mac})
+
+
+def test_writes_stay_in_the_overlay_and_argv0_is_kept(
+        settings: Settings, launcher: GuestLauncher, leftovers: Leftovers) -> None:
+    """A file written in one guest is absent from the next (base untouched); argv[0] is passed."""
+    before = leftovers.snapshot()
+    base = settings.images.base(settings.images.default)
+    base_bytes = base.stat().st_size
+    outputs = []
+    for hint in ("write", "read"):
+        out: list[bytes] = []
+        with launcher.boot(request(settings, hint)) as guest:
+            spec = LaunchSpec(workdir="/", env={"PATH": PATH}, executable="/bin/busybox",
+                              arguments=["sh", "-c", "cat /marker 2>/dev/null || echo absent; echo x > /marker; sync"])
+            run_launcher(guest, spec, on_started=lambda p: None, on_stdout=out.append, on_stderr=lambda b: None)
+        outputs.append(b"".join(out))
+    assert outputs == [b"absent\n", b"absent\n"]
+    assert base.stat().st_size == base_bytes
+    leftovers.assert_none_since(before)
+
+
+def test_a_guest_that_never_gets_a_lease_fails_with_the_named_error(
+        settings: Settings, hypervisor: LibvirtHypervisor, leftovers: Leftovers) -> None:
+    """On a network without DHCP the boot fails with AddressTimeout quoting the console, and cleans up."""
+    net = "vmiso-test-nodhcp"
+    hypervisor.redefine_network(net, f"""<network><name>{net}</name>
+      <bridge name='vmisotest0' stp='off'/><ip address='192.168.251.1' netmask='255.255.255.0'/></network>""",
+                                restart=False)
+    try:
+        hypervisor.start_network(net)
+        s = dataclasses.replace(settings, libvirt=dataclasses.replace(settings.libvirt, network=net),
+                                vm=dataclasses.replace(settings.vm, boot_timeout_s=20))
+        before = leftovers.snapshot()
+        with pytest.raises(AddressTimeout) as info, real_launcher(s, hypervisor).boot(request(s, "nolease")):
+            pass
+        assert info.value.phase == "lease"
+        assert "VMISO-HOSTKEY" in info.value.console_tail
+        leftovers.assert_none_since(before)
+    finally:
+        hypervisor.remove_network(net)
+
+
+@pytest.fixture
+def running_guest(settings: Settings, launcher: GuestLauncher, leftovers: Leftovers):  # type: ignore[no-untyped-def]
+    before = leftovers.snapshot()
+    with launcher.boot(request(settings, "findaddr")) as guest:
+        yield guest
+    leftovers.assert_none_since(before, {guest.mac})
+
+
+def find_addr(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vm_isolation.cli.find_addr", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_find_addr_prints_a_real_guests_address(running_guest) -> None:  # type: ignore[no-untyped-def]
+    """find_addr NAME, find_addr MAC and bin/find_addr.py all print the leased IPv4."""
+    assert find_addr(running_guest.name).stdout == f"{running_guest.ip}\n"
+    assert find_addr(running_guest.mac).stdout == f"{running_guest.ip}\n"
+    script = subprocess.run([sys.executable, str(BIN_FIND_ADDR), running_guest.name],
+                            capture_output=True, text=True, timeout=60)
+    assert (script.returncode, script.stdout) == (0, f"{running_guest.ip}\n")
+
+
+def test_find_addr_json_tells_where_the_address_came_from(running_guest) -> None:  # type: ignore[no-untyped-def]
+    """--json gives mac, ip, lease source, hostname, expiry and the wait."""
+    result = find_addr(running_guest.name, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["ip"] == running_guest.ip and data["mac"] == running_guest.mac
+    assert data["source"] == "libvirt-api"
+    assert data["hostname"] == running_guest.name
+    assert data["expiry_time"] > 0 and data["waited_s"] >= 0
+
+
+def test_find_addr_exit_codes_for_missing_things() -> None:
+    """4 for an unknown domain, 3 for a MAC with no lease, 5 when libvirt cannot be reached."""
+    assert find_addr("vmiso-no-such-domain").returncode == 4
+    assert find_addr("52:54:00:00:00:01", "--wait", "0.3").returncode == 3
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "vm_isolation.cli.find_addr", "x"], capture_output=True, text=True, timeout=60,
+        env={"VM_ISOLATION_LIBVIRT_URI": "qemu+unix:///system?socket=/nonexistent/sock", "PATH": "/usr/bin:/bin"})
+    assert unreachable.returncode == 5, unreachable.stderr
+    assert "host-setup" in unreachable.stderr
