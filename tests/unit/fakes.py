@@ -105,7 +105,7 @@ class FakeRemote:
     closed: bool = False
     files: dict[str, bytes] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
-    handler: Callable[["FakeRemote", str, Callable[[bytes], None], Callable[[bytes], None]], int] = (
+    handler: Callable[[FakeRemote, str, Callable[[bytes], None], Callable[[bytes], None]], int] = (
         lambda r, c, o, e: 0)
 
     def put(self, data: bytes, remote_path: str, *, mode: int = 0o644) -> None:

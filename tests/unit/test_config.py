@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 from vm_isolation.config import (
-    ImageSettings, Settings, load_settings, mesos_environment, parse_duration,
+    ImageSettings,
+    Settings,
+    load_settings,
+    mesos_environment,
+    parse_duration,
 )
 from vm_isolation.errors import ConfigError
 

@@ -17,7 +17,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Callable, Optional
 
 from ..config import Settings, load_settings
 from ..errors import VmIsolationError
@@ -86,8 +86,8 @@ def _boot_and_run(settings: Settings, request: GuestRequest, spec: LaunchSpec, j
         status = run_launcher(
             guest, spec,
             on_started=lambda pgid: progress("command started", time.monotonic() - run_started),
-            on_stdout=lambda b: (sys.stdout.buffer.write(b), sys.stdout.flush()),
-            on_stderr=lambda b: (sys.stderr.buffer.write(b), sys.stderr.flush()),
+            on_stdout=_writer(sys.stdout.buffer),
+            on_stderr=_writer(sys.stderr.buffer),
         )
         timings = dict(guest.timings, run=round(time.monotonic() - run_started, 3))
         teardown_started = time.monotonic()
@@ -99,6 +99,14 @@ def _boot_and_run(settings: Settings, request: GuestRequest, spec: LaunchSpec, j
     if json_timings:
         print(json.dumps(timings))
     return status.code
+
+
+def _writer(stream: BinaryIO) -> Callable[[bytes], None]:
+    def write(chunk: bytes) -> None:
+        stream.write(chunk)
+        stream.flush()
+
+    return write
 
 
 if __name__ == "__main__":

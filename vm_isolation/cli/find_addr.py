@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..config import ConfigError, Settings, load_settings
-from ..errors import LibvirtUnavailable, NetworkUnavailable, NotFound
+from ..config import Settings, load_settings
+from ..errors import ConfigError, LibvirtUnavailable, NetworkUnavailable, NotFound
 from ..hypervisor import LibvirtHypervisor
 from ..leases import Lease, Leases
 from ..waiting import Deadline, WaitTimeout, poll_until

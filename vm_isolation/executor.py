@@ -1,0 +1,169 @@
+"""The executor: Mesos events in, one TaskWorker per task, exit when the work is done.
+
+Callbacks arrive on the binding's IO thread and must return at once: they only parse input
+and hand work to threads (a worker per task, a short-lived thread for an immediate reply).
+
+The executor exits (see :meth:`Executor.run`):
+  * when every task it was given has reached a terminal state and the agent acknowledged
+    those updates (or ``ack_timeout_s`` passed, like Mesos's own command executor), or
+  * after SHUTDOWN, once every task is killed and its guest gone, within the grace period, or
+  * when the agent is lost for good (checkpointing off, or recovery timed out): every guest is
+    destroyed first, and the exit status is non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Mapping, Optional, Protocol
+
+from .config import MesosEnvironment, Settings
+from .errors import InvalidTask
+from .guest import GuestLauncher
+from .statuses import Reason, TaskState
+from .tasks import parse_task, task_id_of
+from .taskworker import StatusSink, TaskWorker, WorkerContext
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_MARGIN_S = 1.0
+"""Time kept back from the shutdown grace period for teardown after the kills."""
+
+
+class AgentLink(StatusSink, Protocol):
+    def wait_acknowledged(self, uuid: bytes, timeout_s: float) -> bool: ...
+
+
+class Executor:
+    """Implements the binding's event callbacks (see vm_isolation.mesos.ExecutorEvents)."""
+
+    def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher,
+                 *, mirror_stdout: Optional[Callable[[bytes], None]] = None,
+                 mirror_stderr: Optional[Callable[[bytes], None]] = None) -> None:
+        self.settings = settings
+        self.env = env
+        self.launcher = launcher
+        self._mirrors = (mirror_stdout, mirror_stderr)
+        self.agent: Optional[AgentLink] = None
+        self.container_id = ""
+        self.workers: dict[str, TaskWorker] = {}
+        self._replies: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._exit_code = 0
+        self._shutting_down = False
+
+    def attach(self, agent: AgentLink) -> None:
+        self.agent = agent
+
+    # --- event callbacks (IO thread: never block) ---------------------------------------
+    def on_subscribed(self, info: Any) -> None:
+        self.container_id = str(getattr(info, "container_id", "") or "")
+        log.info("subscribed to the agent (container %s)", self.container_id or "?")
+
+    def on_launch(self, task: Mapping[str, Any]) -> None:
+        task_id = task_id_of(task)
+        with self._lock:
+            if self._shutting_down:
+                self._reply(task_id, TaskState.KILLED, Reason.EXECUTOR_TERMINATED,
+                            "the executor is shutting down")
+                return
+            if task_id in self.workers:
+                log.warning("ignoring a second LAUNCH of task %r, which is already known", task_id)
+                return
+            try:
+                spec = parse_task(task, self.settings)
+            except InvalidTask as exc:
+                log.warning("task %r is invalid: %s", task_id, exc)
+                self._reply(task_id, TaskState.ERROR, Reason.TASK_INVALID, f"invalid task: {exc}")
+                return
+            assert self.agent is not None
+            ctx = WorkerContext(self.settings, self.env, self.launcher, self.agent, self.container_id,
+                                *self._mirrors)
+            worker = TaskWorker(spec, ctx, on_done=self._worker_done)
+            self.workers[task_id] = worker
+        worker.start()
+
+    def on_launch_group(self, tasks: list[Mapping[str, Any]]) -> None:
+        for task in tasks:
+            self._reply(task_id_of(task), TaskState.ERROR, Reason.TASK_INVALID,
+                        "vm-isolation-executor runs one task per guest and does not accept task "
+                        "groups: launch the tasks one by one (LAUNCH, not LAUNCH_GROUP)")
+
+    def on_kill(self, task_id: str, grace_s: Optional[float]) -> None:
+        worker = self.workers.get(task_id)
+        if worker is None:
+            log.warning("KILL for unknown task %r: nothing to do", task_id)
+            return
+        worker.kill(grace_s, "killed by the framework")
+
+    def on_shutdown(self) -> None:
+        with self._lock:
+            self._shutting_down = True
+            workers = list(self.workers.values())
+        grace = max(0.0, self.env.shutdown_grace_period_s - SHUTDOWN_MARGIN_S)
+        log.info("SHUTDOWN: killing %d task(s) within %.1f s", len(workers), grace)
+        for worker in workers:
+            worker.kill(min(grace, self.settings.executor.kill_grace_s), "the executor was shut down")
+        threading.Thread(target=self._finish_after_shutdown, daemon=True, name="shutdown").start()
+
+    def on_message(self, data: bytes) -> None:
+        log.info("framework message of %d bytes ignored (no use for it)", len(data))
+
+    def on_error(self, message: str) -> None:
+        log.error("agent reported an error: %s", message)
+
+    def on_agent_lost(self, reason: str) -> None:
+        log.error("lost the agent: %s; destroying every guest and exiting", reason)
+        with self._lock:
+            self._shutting_down = True
+            self._exit_code = 1
+            workers = list(self.workers.values())
+        for worker in workers:
+            worker.kill(0.0, f"the executor lost its agent ({reason})")
+        threading.Thread(target=self._finish_after_shutdown, daemon=True, name="agent-lost").start()
+
+    # --- completion ----------------------------------------------------------------------
+    def _reply(self, task_id: str, state: TaskState, reason: Reason, message: str) -> None:
+        """Send a status from a short-lived thread (a send may block briefly on HTTP)."""
+        agent = self.agent
+        assert agent is not None
+
+        def send() -> None:
+            uuid = agent.send_update(task_id, state.value, reason=reason.value, message=message)
+            if not self.workers:
+                agent.wait_acknowledged(uuid, self.settings.executor.ack_timeout_s)
+                self._maybe_done()
+
+        thread = threading.Thread(target=send, daemon=True, name="reply")
+        self._replies.append(thread)
+        thread.start()
+
+    def _worker_done(self, worker: TaskWorker) -> None:
+        assert self.agent is not None and worker.terminal_uuid is not None
+        if not self.agent.wait_acknowledged(worker.terminal_uuid, self.settings.executor.ack_timeout_s):
+            log.warning("task %s: no ACKNOWLEDGED for its terminal update within %.0f s",
+                        worker.spec.task_id, self.settings.executor.ack_timeout_s)
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        with self._lock:
+            live = [w for w in self.workers.values() if not w.finished.is_set()]
+            replies = [t for t in self._replies if t.is_alive() and t is not threading.current_thread()]
+            if not live and not replies and not self._shutting_down:
+                self._done.set()
+
+    def _finish_after_shutdown(self) -> None:
+        deadline = time.monotonic() + max(self.env.shutdown_grace_period_s - 0.2, 0.5)
+        for worker in list(self.workers.values()):
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if not worker.finished.is_set():
+                log.error("task %s did not finish within the shutdown grace period",
+                          worker.spec.task_id)
+        self._done.set()
+
+    def wait(self, timeout_s: Optional[float] = None) -> int:
+        """Block until the executor's work is over; the process exit status."""
+        self._done.wait(timeout_s)
+        return self._exit_code
