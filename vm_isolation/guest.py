@@ -37,6 +37,7 @@ _T = TypeVar("_T")
 HOSTKEY_MARKER = "VMISO-HOSTKEY"
 ERROR_MARKER = "VMISO-ERROR"
 CONSOLE_TAIL_LINES = 25
+SSH_SLICE_S = 3.0
 
 
 class Phase(enum.StrEnum):
@@ -324,12 +325,23 @@ class _Boot:
                 phase=Phase.SSH.value, console_tail=console_tail(self.console_log),
             ) from None
         try:
-            remote = self.l._connect(lease.ip, host_key=host_key, client_key=key, deadline=deadline)
+            remote = self._connect_in_slices(lease.ip, host_key, key, deadline)
         except GuestError as exc:
             exc.console_tail = exc.console_tail or console_tail(self.console_log)
             raise
         undo.callback(remote.close)
         return remote
+
+    def _connect_in_slices(self, ip: str, host_key: str, key: ClientKeyLike, deadline: Deadline) -> RemoteSession:
+        """Connect, in slices of a few seconds so a kill or a dead guest is noticed between them."""
+        while True:
+            self._check_alive()
+            slice_deadline = Deadline.after(min(deadline.remaining(), SSH_SLICE_S), self.l._clock)
+            try:
+                return self.l._connect(ip, host_key=host_key, client_key=key, deadline=slice_deadline)
+            except SshUnavailable:
+                if deadline.expired():
+                    raise
 
     # --- checks and undo -------------------------------------------------------------------
     def _check_alive(self) -> None:

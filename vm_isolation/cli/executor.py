@@ -1,37 +1,111 @@
-"""vm-isolation-executor: the Mesos executor (placeholder until the executor lands).
+"""vm-isolation-executor: the Mesos executor that runs each task in its own guest.
 
-For now it reads the configuration and the agent's environment and reports what it would
-use, so an operator can check a host's set-up: ``vm-isolation-executor --check``.
+A framework names it as its executor command (``ExecutorInfo.command``), or an operator
+installs it as the agent's command executor. The agent starts it with only ``MESOS_*``
+variables; the host configuration comes from /etc/vm-isolation/mesos.conf (``--config``).
+
+    vm-isolation-executor [--config PATH]       run as an executor (started by the agent)
+    vm-isolation-executor --check [--config P]  print what it would use, and exit
+
+Unknown ``--flag=value`` arguments (such as the ``--launcher_dir`` the agent passes to its
+command executor) are ignored. Exit status: 0 after the last task's terminal update was
+acknowledged or after SHUTDOWN; 1 when the agent was lost or the executor could not start.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Optional
+from types import FrameType
+from typing import BinaryIO, Callable, Optional
 
 from ..accel import resolve_domain_type
-from ..config import load_settings
+from ..config import Settings, load_settings, mesos_environment
 from ..errors import VmIsolationError
+from ..executor import Executor
+from .common import configure_logging
+
+log = logging.getLogger("vm-isolation-executor")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vm-isolation-executor", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, help="configuration file (default /etc/vm-isolation/mesos.conf)")
+    p.add_argument("--check", action="store_true", help="print the configuration it would use and exit")
+    return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="vm-isolation-executor")
-    parser.add_argument("--config", type=Path, help="configuration file")
-    args = parser.parse_args(argv)
+    args, unknown = _parser().parse_known_args(argv)
+    configure_logging("vm-isolation-executor")
+    if unknown:
+        log.info("ignoring arguments meant for Mesos's own executor: %s", " ".join(unknown))
     try:
-        s = load_settings(args.config)
+        settings = load_settings(args.config)
     except VmIsolationError as exc:
-        print(f"vm-isolation-executor: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 1
+    if args.check:
+        return _check(settings)
+    try:
+        env = mesos_environment()
+    except VmIsolationError as exc:
+        log.error("%s", exc)
+        return 1
+    # Imported here: pymesos must be imported on the main thread, and only when serving.
+    from ..mesos import AgentConnection
+    from ..wiring import real_launcher
+
+    executor = Executor(settings, env, real_launcher(settings),
+                        mirror_stdout=_mirror(sys.stdout.buffer), mirror_stderr=_mirror(sys.stderr.buffer))
+    connection = AgentConnection(env, executor)
+    executor.attach(connection)
+    _on_sigterm(executor.on_shutdown)
+    log.info("starting: framework %s, executor %s, agent %s, checkpoint %s",
+             env.framework_id, env.executor_id, env.agent_endpoint, "on" if env.checkpoint else "off")
+    connection.start()
+    code = executor.wait()
+    connection.stop()
+    connection.join(5.0)
+    log.info("exiting with status %d", code)
+    return code
+
+
+def _mirror(stream: BinaryIO) -> Callable[[bytes], None]:
+    """Tasks' output also goes to our own stdout/stderr: the agent's sandbox stdout/stderr."""
+    lock = threading.Lock()
+
+    def mirror(chunk: bytes) -> None:
+        with lock:
+            stream.write(chunk)
+            stream.flush()
+
+    return mirror
+
+
+def _on_sigterm(shutdown: Callable[[], None]) -> None:
+    """SIGTERM (an operator, or a wrapper) is treated like the agent's SHUTDOWN."""
+    def handler(signum: int, frame: Optional[FrameType]) -> None:
+        log.warning("SIGTERM: shutting down")
+        threading.Thread(target=shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _check(s: Settings) -> int:
     print(f"configuration: {s.source}")
     print(f"libvirt: {s.libvirt.uri}, network {s.libvirt.network}, domain type "
           f"{resolve_domain_type(s.libvirt.domain_type)} (configured {s.libvirt.domain_type})")
     print(f"images: kernel {s.images.kernel}, initrd {s.images.initrd}, default {s.images.default}")
+    missing = 0
     for name, path in sorted(s.images.bases.items()):
+        missing += not path.exists()
         print(f"  image {name}: {path}{'' if path.exists() else ' (MISSING)'}")
-    return 0
+    return 1 if missing else 0
 
 
 if __name__ == "__main__":
