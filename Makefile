@@ -27,7 +27,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml scripts/install-http-parser.sh | host
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	scripts/install-http-parser.sh $(PY)
+	scripts/install-http-parser.sh $(abspath $(PY))
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
