@@ -30,7 +30,8 @@ class World:
             VmSettings(), overlay_dir=tmp_path / "overlays", key_dir=tmp_path / "keys",
             console_dir=tmp_path, boot_timeout_s=30, ssh_timeout_s=10))
         self.launcher = GuestLauncher(
-            self.settings, hv, Leases(hv, status_dir=tmp_path / "no-status", release_command="true"), domain_type="qemu",
+            self.settings, hv, Leases(hv, status_dir=tmp_path / "no-status", release_command="true"),
+            domain_type="qemu",
             connect=self.connector, make_key=fake_key_factory, disks=self.disks, clock=self.clock,
             wallclock=lambda: 1234.5)
         self.request = GuestRequest(name=NAME, base_image=Path("/images/busybox.qcow2"))
