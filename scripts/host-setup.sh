@@ -74,6 +74,18 @@ start_daemons() {
   die "libvirtd did not answer within 60 s: see /var/log/libvirt/libvirtd-foreground.log"
 }
 
+kvm_device_permissions() {
+  # Debian's udev rule gives /dev/kvm to group kvm, mode 0660. Without udev running (no
+  # systemd) the node can stay root:root 0600; libvirt then finds KVM "not usable" for the
+  # libvirt-qemu user, disagrees with its cached QEMU capabilities, and re-probes QEMU on every
+  # domain define: measured 9.8 s per define instead of 0.09 s.
+  [ -e /dev/kvm ] || return 0
+  if [ "$(stat -c '%G %a' /dev/kvm)" != "kvm 660" ] && getent group kvm >/dev/null; then
+    chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+    say "devices: /dev/kvm set to root:kvm 0660 (what Debian's udev rule does)"
+  fi
+}
+
 write_config() {
   if [ -f "$CONF" ]; then say "config: $CONF exists, left as it is"; return; fi
   install -d -m 0755 "$(dirname "$CONF")"
@@ -90,6 +102,7 @@ make_directories() {
 
 require_root
 install_packages
+kvm_device_permissions
 start_daemons
 make_directories
 write_config
