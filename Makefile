@@ -7,8 +7,9 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test setup host venv image network lint unit clean-venv
 
+# One task through the local agent stand-in and the real executor, in a fresh real VM.
 demo: setup
-	$(VENV)/bin/vm-isolation-boot --shell 'echo "hello from $$(hostname), kernel $$(uname -r)"; cat /proc/cpuinfo | grep -m1 "model name"'
+	$(VENV)/bin/vm-isolation-run --command 'echo "hello from $$(hostname), kernel $$(uname -r)"; grep -m1 "model name" /proc/cpuinfo'
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)

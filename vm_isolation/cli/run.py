@@ -151,7 +151,7 @@ class _Watcher:
         self.offset += len(complete)
         for line in complete.decode("utf-8", "replace").splitlines():
             if line.startswith("vm-isolation: "):
-                say(f"[{time.monotonic() - self.t0:7.2f} s]   {line[len('vm-isolation: '):]}")
+                say(f"  guest: {line[len('vm-isolation: '):]}")
 
 
 def _report(watcher: _Watcher, sandbox: Path, task_id: str) -> None:
