@@ -25,11 +25,15 @@ _DOMAIN_NAME = re.compile(r"^vmiso-(?:[a-z0-9]+(?:-[a-z0-9]+)*-)?[0-9a-f]{10}$")
 
 def domain_name_for(task_id: str) -> DomainName:
     """A fresh, safe, unique domain name that still hints at the task it runs."""
+    return DomainName(name_prefix(task_id) + secrets.token_hex(_RANDOM_HEX // 2))
+
+
+def name_prefix(task_id: str) -> str:
+    """The part of every domain name for ``task_id`` that precedes the random suffix."""
     hint = _UNSAFE.sub("-", task_id.lower()).strip("-")
     room = MAX_NAME - len(DOMAIN_PREFIX) - _RANDOM_HEX - 1
     hint = hint[:room].strip("-")
-    suffix = secrets.token_hex(_RANDOM_HEX // 2)
-    return DomainName(f"{DOMAIN_PREFIX}{hint}-{suffix}" if hint else f"{DOMAIN_PREFIX}{suffix}")
+    return f"{DOMAIN_PREFIX}{hint}-" if hint else DOMAIN_PREFIX
 
 
 def is_our_domain_name(name: str) -> bool:

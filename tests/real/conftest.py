@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pytest
 
@@ -63,17 +63,22 @@ class Leftovers:
         leases = Leases(self.hv)
         return [lease.ip for mac in macs for lease in leases.all_for(self.settings.libvirt.network, mac)]
 
-    def assert_none_since(self, before: dict[str, set[str]], macs: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    def assert_none_since(self, before: dict[str, set[str]], macs: Iterable[str] = (),
+                          prefixes: Iterable[str] = ("vmiso-",)) -> None:
+        """Nothing new since ``before`` among names starting with ``prefixes`` (the names this
+        test's guests can have: other processes on the host may boot guests meanwhile)."""
+        starts = tuple(prefixes)
         after = self.snapshot()
-        new = {kind: after[kind] - before[kind] for kind in after}
+        new = {kind: {n for n in after[kind] - before[kind] if n.startswith(starts)} for kind in after}
         assert new == {"domains": set(), "overlays": set(), "keys": set()}, new
-        if macs:
+        wanted = set(macs)
+        if wanted:
             # dnsmasq drops a released lease when it processes dhcp_release: wait for that.
             try:
-                poll_until(lambda: True if not self.leases_of(macs) else None,
+                poll_until(lambda: True if not self.leases_of(wanted) else None,
                            Deadline.after(10), what="released leases to disappear")
             except WaitTimeout:
-                pytest.fail(f"leases left behind: {self.leases_of(macs)}")
+                pytest.fail(f"leases left behind: {self.leases_of(wanted)}")
 
 
 @pytest.fixture

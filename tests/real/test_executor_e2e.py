@@ -15,6 +15,7 @@ import pytest
 
 from tests.real.conftest import Leftovers
 from vm_isolation.config import conf_path
+from vm_isolation.ids import name_prefix
 from vm_isolation.localagent import LocalAgent
 from vm_isolation.tasks import task_dir_name
 
@@ -43,6 +44,7 @@ class Run:
         self.agent = agent
         self.leftovers = leftovers
         self.before = leftovers.snapshot()
+        self.task_ids: list[str] = []
 
     def executor(self, **kw: Any) -> tuple[str, Any]:
         executor_id = f"e2e-{uuid.uuid4().hex[:8]}"
@@ -54,8 +56,12 @@ class Run:
     def task_file(self, handle: Any, task_id: str, name: str) -> str:
         return (handle.sandbox / "tasks" / task_dir_name(task_id) / name).read_text(errors="replace")
 
+    def launch(self, executor_id: str, info: dict[str, Any]) -> None:
+        self.task_ids.append(info["task_id"]["value"])
+        self.agent.launch_task(executor_id, info)
+
     def assert_clean(self) -> None:
-        self.leftovers.assert_none_since(self.before)
+        self.leftovers.assert_none_since(self.before, prefixes=[name_prefix(t) for t in self.task_ids])
 
 
 @pytest.fixture
@@ -73,7 +79,7 @@ def run_checkpointed(tmp_path: Path, leftovers: Leftovers) -> Iterator[Run]:
 def test_a_command_finishes_and_its_output_lands_in_the_sandbox(run: Run) -> None:
     """STARTING, RUNNING, FINISHED in order; stdout holds the guest's hostname; data holds timings."""
     eid, h = run.executor()
-    run.agent.launch_task(eid, task("hello", "echo out-$(hostname); echo err-line >&2"))
+    run.launch(eid, task("hello", "echo out-$(hostname); echo err-line >&2"))
     final = run.agent.wait_for_terminal("hello", BOOT_S)
     assert run.states("hello") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
     out = run.task_file(h, "hello", "stdout")
@@ -91,7 +97,7 @@ def test_a_command_finishes_and_its_output_lands_in_the_sandbox(run: Run) -> Non
 def test_a_failing_command_reports_its_exit_status(run: Run) -> None:
     """exit 3 gives TASK_FAILED whose message carries the status 3."""
     eid, h = run.executor()
-    run.agent.launch_task(eid, task("three", "exit 3"))
+    run.launch(eid, task("three", "exit 3"))
     final = run.agent.wait_for_terminal("three", BOOT_S)
     assert final.state == "TASK_FAILED"
     assert final.reason == "REASON_COMMAND_EXECUTOR_FAILED"
@@ -103,7 +109,7 @@ def test_a_failing_command_reports_its_exit_status(run: Run) -> None:
 def test_a_task_without_a_command_is_a_task_error(run: Run) -> None:
     """No command: TASK_ERROR saying what to set, and no guest is booted."""
     eid, h = run.executor()
-    run.agent.launch_task(eid, {"name": "nocmd", "task_id": {"value": "nocmd"}})
+    run.launch(eid, {"name": "nocmd", "task_id": {"value": "nocmd"}})
     final = run.agent.wait_for_terminal("nocmd", 60)
     assert (final.state, final.reason) == ("TASK_ERROR", "REASON_TASK_INVALID")
     assert "no command" in (final.message or "")
@@ -114,7 +120,7 @@ def test_a_task_without_a_command_is_a_task_error(run: Run) -> None:
 def test_kill_while_booting_lands(run: Run) -> None:
     """A KILL that arrives before the command starts ends in TASK_KILLED without RUNNING."""
     eid, h = run.executor()
-    run.agent.launch_task(eid, task("early", "sleep 600"))
+    run.launch(eid, task("early", "sleep 600"))
     run.agent.wait_for_state("early", "TASK_STARTING", 60)
     run.agent.kill_task(eid, "early")
     final = run.agent.wait_for_terminal("early", 60)
@@ -127,7 +133,7 @@ def test_kill_while_booting_lands(run: Run) -> None:
 def test_kill_while_running_lands_and_removes_the_guest(run: Run) -> None:
     """KILL of a running sleep gives TASK_KILLED and leaves no domain, overlay or key."""
     eid, h = run.executor()
-    run.agent.launch_task(eid, task("sleeper", "sleep 600"))
+    run.launch(eid, task("sleeper", "sleep 600"))
     run.agent.wait_for_state("sleeper", "TASK_RUNNING", BOOT_S)
     run.agent.kill_task(eid, "sleeper", grace_period_s=1.0)
     final = run.agent.wait_for_terminal("sleeper", 60)
@@ -139,8 +145,8 @@ def test_kill_while_running_lands_and_removes_the_guest(run: Run) -> None:
 def test_two_tasks_run_at_once_and_shutdown_kills_both(run: Run) -> None:
     """Two tasks in one executor both reach RUNNING; SHUTDOWN kills both and the executor exits."""
     eid, h = run.executor(shutdown_grace_period_s=10.0)
-    run.agent.launch_task(eid, task("one", "sleep 600"))
-    run.agent.launch_task(eid, task("two", "sleep 600"))
+    run.launch(eid, task("one", "sleep 600"))
+    run.launch(eid, task("two", "sleep 600"))
     run.agent.wait_for_state("one", "TASK_RUNNING", BOOT_S)
     run.agent.wait_for_state("two", "TASK_RUNNING", BOOT_S)
     run.agent.shutdown_executor(eid)
@@ -161,7 +167,7 @@ def test_hostile_ids_and_environment_values_pass_through_literally(run: Run) -> 
     command = "printf '%s\\0' " + " ".join(f'"$V{i}"' for i in range(len(HOSTILE))) + ' "$MESOS_TASK_ID"'
     info = task(task_id, command)
     info["command"]["environment"] = {"variables": variables}
-    run.agent.launch_task(eid, info)
+    run.launch(eid, info)
     final = run.agent.wait_for_terminal(task_id, BOOT_S)
     assert final.state == "TASK_FINISHED", final.message
     out = (h.sandbox / "tasks" / task_dir_name(task_id) / "stdout").read_bytes().decode()
@@ -174,7 +180,7 @@ def test_hostile_ids_and_environment_values_pass_through_literally(run: Run) -> 
 def test_without_checkpointing_a_lost_agent_makes_the_executor_clean_up_and_exit(run: Run) -> None:
     """Checkpoint off: when the agent's stream drops, the executor destroys its guest and exits non-zero."""
     eid, h = run.executor()
-    run.agent.launch_task(eid, task("orphan", "sleep 600"))
+    run.launch(eid, task("orphan", "sleep 600"))
     run.agent.wait_for_state("orphan", "TASK_RUNNING", BOOT_S)
     run.agent.drop_stream(eid)
     assert h.wait(60) != 0
@@ -185,7 +191,7 @@ def test_with_checkpointing_the_executor_resubscribes_and_the_task_finishes(run_
     """Checkpoint on: after the stream drops the executor re-subscribes and the task still finishes."""
     run = run_checkpointed
     eid, h = run.executor()
-    run.agent.launch_task(eid, task("survivor", "sleep 3; echo done"))
+    run.launch(eid, task("survivor", "sleep 3; echo done"))
     run.agent.wait_for_state("survivor", "TASK_RUNNING", BOOT_S)
     run.agent.drop_stream(eid)
     final = run.agent.wait_for_terminal("survivor", 60)

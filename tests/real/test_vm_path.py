@@ -47,7 +47,7 @@ def test_a_launcher_runs_in_a_fresh_guest_and_everything_is_removed(
     assert status.code == 7
     assert b"".join(out).decode() == f"{req.name}\n/bin/sh\n"
     assert len(started) == 1 and started[0] > 1
-    leftovers.assert_none_since(before, {mac})
+    leftovers.assert_none_since(before, {mac}, prefixes=[req.name])
 
 
 def test_writes_stay_in_the_overlay_and_argv0_is_kept(
@@ -57,16 +57,19 @@ def test_writes_stay_in_the_overlay_and_argv0_is_kept(
     base = settings.images.base(settings.images.default)
     base_bytes = base.stat().st_size
     outputs = []
+    names = []
     for hint in ("write", "read"):
         out: list[bytes] = []
-        with launcher.boot(request(settings, hint)) as guest:
+        req = request(settings, hint)
+        names.append(req.name)
+        with launcher.boot(req) as guest:
             spec = LaunchSpec(workdir="/", env={"PATH": PATH}, executable="/bin/busybox",
                               arguments=["sh", "-c", "cat /marker 2>/dev/null || echo absent; echo x > /marker; sync"])
             run_launcher(guest, spec, on_started=lambda p: None, on_stdout=out.append, on_stderr=lambda b: None)
         outputs.append(b"".join(out))
     assert outputs == [b"absent\n", b"absent\n"]
     assert base.stat().st_size == base_bytes
-    leftovers.assert_none_since(before)
+    leftovers.assert_none_since(before, prefixes=names)
 
 
 def test_a_guest_that_never_gets_a_lease_fails_with_the_named_error(
@@ -81,11 +84,12 @@ def test_a_guest_that_never_gets_a_lease_fails_with_the_named_error(
         s = dataclasses.replace(settings, libvirt=dataclasses.replace(settings.libvirt, network=net),
                                 vm=dataclasses.replace(settings.vm, boot_timeout_s=20))
         before = leftovers.snapshot()
-        with pytest.raises(AddressTimeout) as info, real_launcher(s, hypervisor).boot(request(s, "nolease")):
+        req = request(s, "nolease")
+        with pytest.raises(AddressTimeout) as info, real_launcher(s, hypervisor).boot(req):
             pass
         assert info.value.phase == "lease"
         assert "VMISO-HOSTKEY" in info.value.console_tail
-        leftovers.assert_none_since(before)
+        leftovers.assert_none_since(before, prefixes=[req.name])
     finally:
         hypervisor.remove_network(net)
 
@@ -93,9 +97,10 @@ def test_a_guest_that_never_gets_a_lease_fails_with_the_named_error(
 @pytest.fixture
 def running_guest(settings: Settings, launcher: GuestLauncher, leftovers: Leftovers):  # type: ignore[no-untyped-def]
     before = leftovers.snapshot()
-    with launcher.boot(request(settings, "findaddr")) as guest:
+    req = request(settings, "findaddr")
+    with launcher.boot(req) as guest:
         yield guest
-    leftovers.assert_none_since(before, {guest.mac})
+    leftovers.assert_none_since(before, {guest.mac}, prefixes=[req.name])
 
 
 def find_addr(*args: str) -> subprocess.CompletedProcess[str]:
