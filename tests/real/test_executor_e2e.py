@@ -76,14 +76,18 @@ def run_checkpointed(tmp_path: Path, leftovers: Leftovers) -> Iterator[Run]:
         yield Run(agent, leftovers)
 
 
-def test_a_command_finishes_and_its_output_lands_in_the_sandbox(run: Run) -> None:
-    """STARTING, RUNNING, FINISHED in order; stdout holds the guest's hostname; data holds timings."""
-    eid, h = run.executor()
-    run.launch(eid, task("hello", "echo out-$(hostname); echo err-line >&2"))
+def test_a_command_finishes_and_its_output_lands_in_the_sandbox(run: Run, tmp_path: Path) -> None:
+    """STARTING, RUNNING, FINISHED in order; stdout holds the guest's hostname and the fetched
+    file uploaded into the guest's sandbox; data holds the phase timings."""
+    fetched = tmp_path / "fetched.txt"
+    fetched.write_text("fetched-by-the-agent\n")
+    eid, h = run.executor(files=[fetched])
+    run.launch(eid, task("hello", "echo out-$(hostname); cat fetched.txt; echo err-line >&2"))
     final = run.agent.wait_for_terminal("hello", BOOT_S)
     assert run.states("hello") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
     out = run.task_file(h, "hello", "stdout")
     assert out.startswith("out-vmiso-hello-")
+    assert out.endswith("\nfetched-by-the-agent\n")
     assert (h.sandbox / "stdout").read_text().count("out-vmiso-hello-") == 1
     err = run.task_file(h, "hello", "stderr")
     assert "lease done" in err and "err-line" in err
