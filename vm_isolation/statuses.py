@@ -56,6 +56,9 @@ def outcome_for_error(exc: BaseException) -> Outcome:
     """The terminal status for a task that ended with ``exc``: the one place errors become statuses."""
     if isinstance(exc, InvalidTask):
         return Outcome(TaskState.ERROR, Reason.TASK_INVALID, f"invalid task: {exc}")
+    if isinstance(exc, GuestError) and exc.phase == "run":
+        # The command had started: the guest went away (powered off, crashed) or SSH was lost.
+        return Outcome(TaskState.FAILED, Reason.COMMAND_FAILED, f"lost the guest while the command ran: {exc}")
     if isinstance(exc, GuestError):
         return Outcome(TaskState.FAILED, Reason.LAUNCH_FAILED, f"guest failed in phase {exc.phase}: {exc}")
     if isinstance(exc, (HostError, LibvirtUnavailable)):

@@ -25,7 +25,7 @@ from typing import BinaryIO, Callable, Optional, Protocol
 from .config import MesosEnvironment, Settings
 from .domainxml import Owner
 from .errors import VmIsolationError
-from .guest import Cancelled, Guest, GuestLauncher, GuestRequest
+from .guest import Cancelled, Guest, GuestLauncher, GuestRequest, console_tail
 from .ids import domain_name_for
 from .launcher import LaunchSpec
 from .statuses import Outcome, Reason, TaskState, outcome_for_error
@@ -40,6 +40,7 @@ SANDBOX_OWN = {"stdout", "stderr", "tasks", ".vm-isolation"}
 # Agent variables a task in Mesos does not see (they are the executor's credentials / plumbing).
 PRIVATE_VARIABLES = {"MESOS_EXECUTOR_AUTHENTICATION_TOKEN", "MESOS_DOMAIN_SOCKET"}
 DESTROY_AFTER_SIGKILL_S = 2.0
+GUEST_WATCH_INTERVAL_S = 1.0
 
 
 class StatusSink(Protocol):
@@ -76,6 +77,7 @@ class TaskWorker:
         self._kill_reason: Optional[str] = None
         self._timings: dict[str, float] = {}
         self._domain = domain_name_for(spec.task_id)
+        self._guest_lost = ""
         self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"task-{spec.dir_name[:40]}", daemon=True)
 
@@ -132,9 +134,14 @@ class TaskWorker:
                 self._guest = guest
             self._timed("upload", lambda: self._upload(guest), progress)
             run_started = time.monotonic()
-            status = run_launcher(guest, self._launch_spec(), on_started=self._on_started,
-                                  on_stdout=out, on_stderr=err)
-            self.run_ended.set()
+            watchdog = threading.Thread(target=self._watch_guest, args=(guest,), daemon=True,
+                                        name="watch-" + self._thread.name)
+            watchdog.start()
+            try:
+                status = run_launcher(guest, self._launch_spec(), on_started=self._on_started,
+                                      on_stdout=out, on_stderr=err)
+            finally:
+                self.run_ended.set()
             self._timings["run"] = round(time.monotonic() - run_started, 3)
             progress("run", self._timings["run"])
         return self._outcome_for_exit(status)
@@ -160,7 +167,26 @@ class TaskWorker:
             return Outcome(TaskState.FINISHED, None, "command exited with status 0")
         return Outcome(TaskState.FAILED, Reason.COMMAND_FAILED, f"command exited with {status.describe()}")
 
+    def _watch_guest(self, guest: Guest) -> None:
+        """While the command runs, notice a guest that stopped (powered off, crashed, destroyed
+        from outside): its SSH session would otherwise hang until TCP gives up, minutes later."""
+        while not self.run_ended.wait(GUEST_WATCH_INTERVAL_S):
+            try:
+                state = self.ctx.launcher.hypervisor.state(guest.name)
+            except VmIsolationError as exc:
+                log.warning("task %s: cannot read the state of %s: %s", self.spec.task_id, guest.name, exc)
+                continue
+            if state != "running":
+                self._guest_lost = f"the guest {guest.name} stopped while the command ran (state {state or 'gone'})"
+                log.error("task %s: %s", self.spec.task_id, self._guest_lost)
+                guest.remote.close()  # ends the run() in progress with SshUnavailable
+                return
+
     def _outcome_for_failure(self, exc: BaseException) -> Outcome:
+        if self._guest_lost and self._kill_reason is None:
+            tail = console_tail(self.task_dir / "console.log")
+            return Outcome(TaskState.FAILED, Reason.COMMAND_FAILED,
+                           self._guest_lost + (f"\n--- last lines of the guest console ---\n{tail}" if tail else ""))
         if self._kill_reason is not None:
             reason = None if self._pgid is not None else Reason.KILLED_DURING_LAUNCH
             return Outcome(TaskState.KILLED, reason, self._kill_reason)

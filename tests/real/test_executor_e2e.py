@@ -22,9 +22,9 @@ from vm_isolation.tasks import task_dir_name
 BOOT_S = 180.0  # generous deadline for a boot under software emulation on a loaded CI host
 
 
-def executor_command() -> dict[str, Any]:
+def executor_command(config: Path | None = None) -> dict[str, Any]:
     script = Path(sys.executable).parent / "vm-isolation-executor"
-    argv = [str(script), "--config", str(conf_path())]
+    argv = [str(script), "--config", str(config or conf_path())]
     return {"value": argv[0], "shell": False, "arguments": argv}
 
 
@@ -46,9 +46,9 @@ class Run:
         self.before = leftovers.snapshot()
         self.task_ids: list[str] = []
 
-    def executor(self, **kw: Any) -> tuple[str, Any]:
+    def executor(self, config: Path | None = None, **kw: Any) -> tuple[str, Any]:
         executor_id = f"e2e-{uuid.uuid4().hex[:8]}"
-        return executor_id, self.agent.launch_executor(executor_id, executor_command(), **kw)
+        return executor_id, self.agent.launch_executor(executor_id, executor_command(config), **kw)
 
     def states(self, task_id: str) -> list[str]:
         return [u.state for u in self.agent.updates(task_id)]

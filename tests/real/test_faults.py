@@ -1,0 +1,51 @@
+"""Faults injected into real runs: each ends in a terminal status with a specific reason, and
+nothing is left behind."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.real.conftest import Leftovers
+from tests.real.test_executor_e2e import BOOT_S, Run, task
+from vm_isolation.config import Settings
+from vm_isolation.localagent import LocalAgent
+
+
+@pytest.fixture
+def run(tmp_path: Path, leftovers: Leftovers) -> Iterator[Run]:
+    with LocalAgent(tmp_path / "agent") as agent:
+        yield Run(agent, leftovers)
+
+
+def test_a_guest_powered_off_from_outside_fails_the_task(run: Run, settings: Settings) -> None:
+    """`virsh destroy` of a running task's guest gives TASK_FAILED naming the lost guest."""
+    eid, h = run.executor()
+    run.launch(eid, task("poweroff", "sleep 600"))
+    running = run.agent.wait_for_state("poweroff", "TASK_RUNNING", BOOT_S)
+    domain = running.message.rsplit(" ", 1)[-1] if running.message else ""
+    assert domain.startswith("vmiso-poweroff-")
+    subprocess.run(["virsh", "-c", settings.libvirt.uri, "destroy", domain], check=True, capture_output=True)
+    final = run.agent.wait_for_terminal("poweroff", 90)
+    assert (final.state, final.reason) == ("TASK_FAILED", "REASON_COMMAND_EXECUTOR_FAILED")
+    assert "stopped while the command ran" in (final.message or "")
+    assert h.wait(60) == 0
+    run.assert_clean()
+
+
+def test_a_missing_base_image_fails_the_task_with_the_fix(run: Run, tmp_path: Path, settings: Settings) -> None:
+    """A configured base image that does not exist gives TASK_FAILED naming the build command."""
+    conf = tmp_path / "mesos.conf"
+    source = Path(settings.source or "/etc/vm-isolation/mesos.conf").read_text()
+    conf.write_text(source.replace("path = busybox.qcow2", f"path = {tmp_path}/missing.qcow2"))
+    eid, h = run.executor(config=conf)
+    info = task("noimage", "true")
+    run.launch(eid, info)
+    final = run.agent.wait_for_terminal("noimage", 60)
+    assert (final.state, final.reason) == ("TASK_FAILED", "REASON_CONTAINER_LAUNCH_FAILED"), final.message
+    assert "build-image" in (final.message or "")
+    assert h.wait(60) == 0
+    run.assert_clean()
