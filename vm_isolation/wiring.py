@@ -7,7 +7,8 @@ from .config import Settings
 from .guest import GuestLauncher
 from .hypervisor import LibvirtHypervisor
 from .leases import Leases
-from .remote import SshRemote, generate_client_key
+from .remote import SshRemote
+from .sshkeys import generate_client_key
 
 
 def real_launcher(settings: Settings, hypervisor: LibvirtHypervisor | None = None) -> GuestLauncher:

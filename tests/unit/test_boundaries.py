@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "vm_isolation"
 OWNERS = {
     "libvirt": {"hypervisor.py"},
     "paramiko": {"remote.py"},
-    "cryptography": {"remote.py"},
+    "cryptography": {"sshkeys.py"},
     "netifaces": {"hostnet.py"},
     "jinja2": {"launcher.py"},
     "pymesos": {"mesos.py"},

@@ -111,7 +111,7 @@ def test_a_truncated_base_image_is_refused(base: Path, tmp_path: Path) -> None:
 def tiny_mount(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A 1 MiB tmpfs; needs root (make test runs as root), yields its path, unmounts after."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        pytest.fail("mounting a tmpfs needs root: run the suite as root, as make test does")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)

@@ -33,7 +33,8 @@ from vm_isolation.errors import (
     StorageError,
     TransferError,
 )
-from vm_isolation.remote import ClientKey, SshRemote, generate_client_key
+from vm_isolation.remote import SshRemote
+from vm_isolation.sshkeys import ClientKey, generate_client_key
 from vm_isolation.waiting import Deadline, FakeClock, poll_until
 
 WAIT_S = 5.0
