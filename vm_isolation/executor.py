@@ -48,8 +48,8 @@ class Executor:
         self.agent: Optional[AgentLink] = None
         self.container_id = ""
         self.workers: dict[str, TaskWorker] = {}
-        self._replies: list[threading.Thread] = []
-        self._lock = threading.Lock()
+        self._pending = 0
+        self._lock = threading.RLock()
         self._done = threading.Event()
         self._exit_code = 0
         self._shutting_down = False
@@ -83,6 +83,7 @@ class Executor:
                                 *self._mirrors)
             worker = TaskWorker(spec, ctx, on_done=self._worker_done)
             self.workers[task_id] = worker
+            self._pending += 1
         worker.start()
 
     def on_launch_group(self, tasks: list[Mapping[str, Any]]) -> None:
@@ -125,33 +126,34 @@ class Executor:
         threading.Thread(target=self._finish_after_shutdown, daemon=True, name="agent-lost").start()
 
     # --- completion ----------------------------------------------------------------------
+    # A task counts as pending from its LAUNCH until the agent acknowledged its terminal update
+    # (or ack_timeout_s passed); the executor is done when none is pending.
+
     def _reply(self, task_id: str, state: TaskState, reason: Reason, message: str) -> None:
-        """Send a status from a short-lived thread (a send may block briefly on HTTP)."""
+        """Send a terminal status for a task that gets no worker, then wait for its ACK."""
         agent = self.agent
         assert agent is not None
+        with self._lock:
+            self._pending += 1
 
         def send() -> None:
             uuid = agent.send_update(task_id, state.value, reason=reason.value, message=message)
-            if not self.workers:
-                agent.wait_acknowledged(uuid, self.settings.executor.ack_timeout_s)
-                self._maybe_done()
+            agent.wait_acknowledged(uuid, self.settings.executor.ack_timeout_s)
+            self._settled()
 
-        thread = threading.Thread(target=send, daemon=True, name="reply")
-        self._replies.append(thread)
-        thread.start()
+        threading.Thread(target=send, daemon=True, name="reply").start()
 
     def _worker_done(self, worker: TaskWorker) -> None:
         assert self.agent is not None and worker.terminal_uuid is not None
         if not self.agent.wait_acknowledged(worker.terminal_uuid, self.settings.executor.ack_timeout_s):
             log.warning("task %s: no ACKNOWLEDGED for its terminal update within %.0f s",
                         worker.spec.task_id, self.settings.executor.ack_timeout_s)
-        self._maybe_done()
+        self._settled()
 
-    def _maybe_done(self) -> None:
+    def _settled(self) -> None:
         with self._lock:
-            live = [w for w in self.workers.values() if not w.finished.is_set()]
-            replies = [t for t in self._replies if t.is_alive() and t is not threading.current_thread()]
-            if not live and not replies and not self._shutting_down:
+            self._pending -= 1
+            if self._pending == 0 and not self._shutting_down:
                 self._done.set()
 
     def _finish_after_shutdown(self) -> None:

@@ -21,6 +21,9 @@ from .config import Settings
 from .errors import InvalidTask
 
 IMAGE_LABEL = "vm_isolation.image"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# XML 1.0 cannot carry these, and they have no business in an id (newline and tab can and do).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 NS_PER_S = 1e9
 
 
@@ -70,6 +73,9 @@ def parse_task(raw: Any, settings: Settings) -> TaskSpec:
     task_id = task_id_of(raw)
     if not task_id:
         raise InvalidTask("TaskInfo has no task_id.value")
+    if _CONTROL.search(task_id):
+        raise InvalidTask("task_id.value contains control characters (such as NUL or ESC): use printable "
+                          "characters (newlines and tabs are allowed)")
     vcpus, memory_mib = _resources(raw.get("resources", []), settings)
     return TaskSpec(
         task_id=task_id,
@@ -129,9 +135,11 @@ def _environment(env: Any) -> dict[str, str]:
         if not isinstance(value, str):
             raise InvalidTask(f"environment variable {var['name']!r} has a non-string value")
         name = var["name"]
-        if not name or "=" in name or "\0" in name or "\0" in value:
-            raise InvalidTask(f"environment variable {name!r} cannot be passed to a process: names must "
-                              f"be non-empty without '=' or NUL, values without NUL")
+        if not _ENV_NAME.fullmatch(name):
+            raise InvalidTask(f"environment variable name {name!r} is not a shell identifier "
+                              f"([A-Za-z_][A-Za-z0-9_]*): the guest's shell would drop it, so rename it")
+        if "\0" in value:
+            raise InvalidTask(f"environment variable {name!r} has a NUL in its value, which no process can receive")
         result[name] = value
     return result
 
