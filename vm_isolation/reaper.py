@@ -1,0 +1,331 @@
+"""The reaper: removes what vm-isolation left behind when an executor died without teardown.
+
+A guest's teardown runs on every path the executor lives through, but not when the executor is
+SIGKILLed, OOM-killed or loses its host mid-boot. Then the host keeps a running domain, its
+overlay, its SSH key directory and its DHCP lease. :func:`reap` finds and removes them:
+
+* **orphaned domains**: owner metadata present (:func:`domainxml.parse_owner`), a name
+  :func:`ids.is_our_domain_name` accepts, and an owning executor that is gone: its pid is dead,
+  a zombie, or alive but started at another time than ``executor_start_time`` (pid reused).
+  Each is destroyed and undefined, the leases of its MACs released, and its overlay
+  ``<overlay_dir>/<name>.qcow2`` and key directory ``<key_dir>/<name>`` deleted.
+* **orphaned files**: ``<overlay_dir>/vmiso-*.qcow2`` and ``<key_dir>/vmiso-*`` with no
+  defined domain of that name, older than ``orphan_min_age_s`` (a booting guest's overlay and
+  key exist a few milliseconds before its domain is defined).
+
+What it never touches: a domain that records no owner pid (vm-isolation-boot's); a domain
+without our metadata or with a foreign name; a domain whose owner is alive; any path outside
+``overlay_dir``/``key_dir`` (a domain's disk list is read from libvirt, which anyone with the
+socket can write, so only the exact paths we would have created are deleted); names
+:func:`is_our_domain_name` rejects.
+
+It is written against small Protocols (:class:`DomainTable`, :class:`LeaseBook`,
+:class:`ProcessTable`) so it is unit-tested on fakes; the real adapters are
+:class:`~vm_isolation.hypervisor.LibvirtHypervisor`, :class:`~vm_isolation.leases.Leases` and
+:class:`ProcProcessTable`.
+
+NOTE: liveness is judged by pid in *this* pid namespace. Run the reaper in the namespace the
+executors run in (the host's, in the usual set-up), or it will see every owner as dead.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Protocol
+
+from .config import Settings
+from .errors import VmIsolationError
+from .hypervisor import OwnedDomain
+from .ids import is_our_domain_name
+from .leases import Lease
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ORPHAN_MIN_AGE_S = 300.0
+OVERLAY_SUFFIX = ".qcow2"
+
+
+# --- the boundaries this module is written against -------------------------------------------
+
+class DomainTable(Protocol):
+    """What the reaper needs of the hypervisor (LibvirtHypervisor has it)."""
+
+    def owned_domains(self) -> list[OwnedDomain]: ...
+    def state(self, name: str) -> Optional[str]: ...
+    def destroy(self, name: str) -> None: ...
+    def undefine(self, name: str) -> None: ...
+
+
+class LeaseBook(Protocol):
+    """What the reaper needs of the leases (Leases has it)."""
+
+    def all_for(self, network: str, mac: str) -> list[Lease]: ...
+    def release(self, network: str, lease: Lease) -> None: ...
+
+
+class ProcessTable(Protocol):
+    def is_alive(self, pid: int, start_time: str) -> bool:
+        """True if ``pid`` runs and (when ``start_time`` is known) started at ``start_time``."""
+        ...
+
+
+class ProcProcessTable:
+    """:class:`ProcessTable` read from ``/proc``."""
+
+    def __init__(self, proc: Path = Path("/proc")) -> None:
+        self._proc = proc
+
+    def is_alive(self, pid: int, start_time: str) -> bool:
+        if pid <= 0:
+            return False
+        try:
+            stat = (self._proc / str(pid) / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        except OSError:
+            return True  # cannot tell: never reap what might still be owned
+        # The command name (field 2) may hold spaces and ')': fields after the last ')' are safe.
+        rest = stat.rsplit(")", 1)[-1].split()
+        if not rest or rest[0] in ("Z", "X"):
+            return False  # a zombie executor is gone; only its parent has not reaped it yet
+        if not start_time:
+            return True
+        return len(rest) > 19 and rest[19] == start_time
+
+
+# --- the report ------------------------------------------------------------------------------
+
+class Kind(enum.StrEnum):
+    DOMAIN = "domain"
+    OVERLAY = "overlay"
+    KEY_DIR = "key_dir"
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """One thing the reaper found, and why it counts as left over."""
+
+    kind: Kind
+    name: str
+    reason: str
+    path: str = ""
+    """The file or directory (overlays and key directories)."""
+    macs: tuple[str, ...] = ()
+    owner: Optional[dict[str, Any]] = None
+    """The domain's Owner metadata, as a dict."""
+
+
+@dataclass
+class ReapReport:
+    """What :func:`reap` found, removed, left alone and failed at."""
+
+    dry_run: bool
+    found: list[Leftover] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    """One line per action taken: "destroyed vmiso-...", "deleted /path", "released IP (MAC)"."""
+    kept: list[str] = field(default_factory=list)
+    """Domains of ours left alone, with why (owner alive, other executor, too young)."""
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- reaping ---------------------------------------------------------------------------------
+
+def reap(
+    settings: Settings,
+    hypervisor: DomainTable,
+    leases: LeaseBook,
+    *,
+    processes: Optional[ProcessTable] = None,
+    only_executor_id: Optional[str] = None,
+    only_framework_id: Optional[str] = None,
+    orphan_files: Optional[bool] = None,
+    orphan_min_age_s: float = DEFAULT_ORPHAN_MIN_AGE_S,
+    dry_run: bool = False,
+    wallclock: Callable[[], float] = time.time,
+) -> ReapReport:
+    """Find (and unless ``dry_run``, remove) every leftover of a dead executor.
+
+    ``only_executor_id``/``only_framework_id`` restrict the domains considered to one
+    executor's (what an executor calls at start-up); ``orphan_files`` (default: only when no
+    such restriction is given) also scans the overlay and key directories for files of no
+    domain. Never raises for one leftover: failures are collected in ``report.errors``.
+    """
+    report = ReapReport(dry_run=dry_run)
+    procs = processes or ProcProcessTable()
+    try:
+        domains = hypervisor.owned_domains()
+    except VmIsolationError as exc:
+        report.errors.append(f"cannot list domains: {exc}")
+        return report
+    for domain in domains:
+        leftover = _judge_domain(domain, procs, only_executor_id, only_framework_id, report)
+        if leftover is not None:
+            report.found.append(leftover)
+            if not dry_run:
+                _remove_domain(settings, hypervisor, leases, leftover, report)
+    if orphan_files if orphan_files is not None else (only_executor_id is None and only_framework_id is None):
+        listed = {d.name for d in domains}
+        for leftover in _orphan_files(settings, hypervisor, orphan_min_age_s, wallclock(), listed, report):
+            report.found.append(leftover)
+            if not dry_run:
+                _remove_orphan_file(settings, hypervisor, leftover, report)
+    return report
+
+
+def _judge_domain(domain: OwnedDomain, procs: ProcessTable, only_executor_id: Optional[str],
+                  only_framework_id: Optional[str], report: ReapReport) -> Optional[Leftover]:
+    """A Leftover if ``domain`` is ours and its owner is gone; None (noted in kept) otherwise."""
+    if not is_our_domain_name(domain.name):
+        return None  # owner metadata but a name we never produce: not ours to judge
+    owner = domain.owner
+    if only_executor_id is not None and owner.executor_id != only_executor_id:
+        return None
+    if only_framework_id is not None and owner.framework_id != only_framework_id:
+        return None
+    if owner.executor_pid <= 0:
+        # vm-isolation-boot and direct GuestLauncher users record no owner pid: their liveness
+        # cannot be judged, so they are never reaped automatically.
+        report.kept.append(f"{domain.name}: no owner pid recorded; remove it by hand if it is stale")
+        return None
+    if procs.is_alive(owner.executor_pid, owner.executor_start_time):
+        report.kept.append(f"{domain.name}: owner pid {owner.executor_pid} is alive")
+        return None
+    reason = (f"owner executor {owner.executor_id!r} (pid {owner.executor_pid}, started "
+              f"{owner.executor_start_time or '?'}) is gone")
+    return Leftover(Kind.DOMAIN, domain.name, reason, macs=domain.macs, owner=asdict(owner))
+
+
+def _remove_domain(settings: Settings, hypervisor: DomainTable, leases: LeaseBook, leftover: Leftover,
+                   report: ReapReport) -> None:
+    name = leftover.name
+    try:
+        hypervisor.destroy(name)
+        hypervisor.undefine(name)
+    except VmIsolationError as exc:
+        # Its disk may still be in use: leave its files for the next run.
+        report.errors.append(f"{name}: cannot remove domain: {exc}")
+        return
+    report.removed.append(f"destroyed and undefined {name}")
+    log.info("reaped domain %s (%s)", name, leftover.reason)
+    _release_leases(settings.libvirt.network, leases, name, leftover.macs, report)
+    _delete(_overlay_path(settings, name), report)
+    _delete(_key_path(settings, name), report)
+
+
+def _release_leases(network: str, leases: LeaseBook, name: str, macs: Iterable[str], report: ReapReport) -> None:
+    for mac in macs:
+        try:
+            for lease in leases.all_for(network, mac):
+                leases.release(network, lease)
+                report.removed.append(f"released lease {lease.ip} ({mac}) of {name}")
+        except VmIsolationError as exc:
+            report.errors.append(f"{name}: cannot release the lease of {mac}: {exc}")
+
+
+def _overlay_path(settings: Settings, name: str) -> Path:
+    return settings.vm.overlay_dir / f"{name}{OVERLAY_SUFFIX}"
+
+
+def _key_path(settings: Settings, name: str) -> Path:
+    return settings.vm.key_dir / name
+
+
+def _orphan_files(settings: Settings, hypervisor: DomainTable, min_age_s: float, now: float,
+                  listed: set[str], report: ReapReport) -> list[Leftover]:
+    """Overlays and key directories of ours whose domain is not defined.
+
+    ``listed`` are the domains just listed: their files are theirs (and went with them if the
+    domain was reaped).
+    """
+    candidates: list[tuple[Kind, str, Path]] = []
+    for path in _listdir(settings.vm.overlay_dir, report):
+        name = path.name[: -len(OVERLAY_SUFFIX)] if path.name.endswith(OVERLAY_SUFFIX) else ""
+        if is_our_domain_name(name):
+            candidates.append((Kind.OVERLAY, name, path))
+    for path in _listdir(settings.vm.key_dir, report):
+        if is_our_domain_name(path.name):
+            candidates.append((Kind.KEY_DIR, path.name, path))
+    found = []
+    for kind, name, path in sorted(candidates, key=lambda c: str(c[2])):
+        if name in listed:
+            continue
+        age = _age_s(path, now)
+        if age is None:
+            continue  # vanished meanwhile
+        if age < min_age_s:
+            report.kept.append(f"{path}: no domain yet, but only {age:.0f} s old (a guest may be booting)")
+            continue
+        if _defined(hypervisor, name, report):
+            continue
+        found.append(Leftover(kind, name, f"no domain named {name} is defined", path=str(path)))
+    return found
+
+
+def _remove_orphan_file(settings: Settings, hypervisor: DomainTable, leftover: Leftover,
+                        report: ReapReport) -> None:
+    # Checked again right before deleting: a domain may have been defined since the scan.
+    if _defined(hypervisor, leftover.name, report):
+        report.kept.append(f"{leftover.path}: domain {leftover.name} was defined meanwhile")
+        return
+    expected = (_overlay_path(settings, leftover.name) if leftover.kind is Kind.OVERLAY
+                else _key_path(settings, leftover.name))
+    if Path(leftover.path) != expected:
+        report.errors.append(f"{leftover.path}: not the path vm-isolation creates; left alone")
+        return
+    _delete(expected, report)
+
+
+def _defined(hypervisor: DomainTable, name: str, report: ReapReport) -> bool:
+    try:
+        return hypervisor.state(name) is not None
+    except VmIsolationError as exc:
+        report.errors.append(f"cannot tell whether domain {name} exists: {exc}")
+        return True  # when in doubt, keep
+
+
+def _listdir(directory: Path, report: ReapReport) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        report.errors.append(f"cannot list {directory}: {exc}")
+        return []
+
+
+def _age_s(path: Path, now: float) -> Optional[float]:
+    try:
+        return now - path.lstat().st_mtime
+    except OSError:
+        return None
+
+
+def _delete(path: Path, report: ReapReport) -> None:
+    """Delete one overlay file or key directory we created; absent is fine.
+
+    Only ever called with paths built from overlay_dir/key_dir and a checked name. A symlink
+    is removed itself, never followed.
+    """
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.is_symlink() or path.exists():
+            path.unlink()
+        else:
+            return
+    except OSError as exc:
+        report.errors.append(f"cannot delete {path}: {exc}")
+        return
+    report.removed.append(f"deleted {path}")
