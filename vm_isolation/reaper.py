@@ -43,6 +43,7 @@ from .errors import VmIsolationError
 from .hypervisor import OwnedDomain
 from .ids import is_our_domain_name
 from .leases import Lease
+from .procinfo import stat_fields
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +85,11 @@ class ProcProcessTable:
         if pid <= 0:
             return False
         try:
-            stat = (self._proc / str(pid) / "stat").read_text()
+            rest = stat_fields(pid, self._proc)
         except (FileNotFoundError, ProcessLookupError):
             return False
         except OSError:
             return True  # cannot tell: never reap what might still be owned
-        # The command name (field 2) may hold spaces and ')': fields after the last ')' are safe.
-        rest = stat.rsplit(")", 1)[-1].split()
         if not rest or rest[0] in ("Z", "X"):
             return False  # a zombie executor is gone; only its parent has not reaped it yet
         if not start_time:

@@ -28,6 +28,7 @@ from .errors import VmIsolationError
 from .guest import Cancelled, Guest, GuestLauncher, GuestRequest, console_tail
 from .ids import domain_name_for
 from .launcher import LaunchSpec
+from .procinfo import own_start_time
 from .statuses import Outcome, Reason, TaskState, outcome_for_error
 from .taskrun import ExitStatus, run_launcher, signal_task
 from .tasks import TaskSpec
@@ -235,7 +236,7 @@ class TaskWorker:
             memory_mib=self.spec.memory_mib,
             owner=Owner(framework_id=self.ctx.env.framework_id, executor_id=self.ctx.env.executor_id,
                         task_id=self.spec.task_id, container_id=self.ctx.container_id,
-                        executor_pid=os.getpid(), executor_start_time=_process_start_time(os.getpid())),
+                        executor_pid=os.getpid(), executor_start_time=own_start_time()),
             console_log=self.task_dir / "console.log",
         )
 
@@ -292,11 +293,3 @@ class TaskWorker:
 
         return sink
 
-
-def _process_start_time(pid: int) -> str:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), to detect pid reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[-1].split()[19]

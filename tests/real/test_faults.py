@@ -3,7 +3,11 @@ nothing is left behind."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -48,4 +52,32 @@ def test_a_missing_base_image_fails_the_task_with_the_fix(run: Run, tmp_path: Pa
     assert (final.state, final.reason) == ("TASK_FAILED", "REASON_CONTAINER_LAUNCH_FAILED"), final.message
     assert "build-image" in (final.message or "")
     assert h.wait(60) == 0
+    run.assert_clean()
+
+
+def reap_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "vm-isolation-reap"
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("when", ["TASK_STARTING", "TASK_RUNNING"])
+def test_sigkill_of_the_executor_leaves_work_for_the_reaper_which_removes_it(run: Run, when: str) -> None:
+    """SIGKILL of the executor (while booting, while running): the agent reports TASK_FAILED
+    'Executor terminated', and vm-isolation-reap then removes the guest, overlay, key and lease."""
+    task_id = f"sigkill-{when[5:].lower()}"
+    eid, h = run.executor()
+    run.launch(eid, task(task_id, "sleep 600"))
+    run.agent.wait_for_state(task_id, when, BOOT_S)
+    os.kill(h.pid, signal.SIGKILL)
+    final = run.agent.wait_for_terminal(task_id, 60)
+    assert (final.state, final.reason, final.message) == (
+        "TASK_FAILED", "REASON_EXECUTOR_TERMINATED", "Executor terminated")
+    listed = reap_cli("--dry-run", "--json")
+    assert listed.returncode == 0, listed.stderr
+    if when == "TASK_RUNNING":  # the guest outlived its executor (qemu is libvirtd's child)
+        found = [f["name"] for f in json.loads(listed.stdout)["found"] if f["kind"] == "domain"]
+        assert any(name.startswith(f"vmiso-{task_id}-") for name in found), found
+    reaped = reap_cli("--json")
+    assert reaped.returncode == 0, reaped.stderr
+    assert json.loads(reaped.stdout)["errors"] == []
     run.assert_clean()

@@ -14,16 +14,19 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
 from ..config import Settings, load_settings
+from ..domainxml import Owner
 from ..errors import VmIsolationError
 from ..guest import GuestRequest
 from ..ids import domain_name_for
 from ..launcher import LaunchSpec
+from ..procinfo import own_start_time
 from ..taskrun import run_launcher
 from ..wiring import real_launcher
 from .common import configure_logging
@@ -58,6 +61,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             base_image=settings.images.base(image),
             vcpus=max(1, math.ceil(args.cpus)),
             memory_mib=max(settings.vm.memory_floor_mib, args.mem or settings.vm.default_memory_mib),
+            # Recorded so vm-isolation-reap can remove the guest if this process dies.
+            owner=Owner(executor_id="vm-isolation-boot", executor_pid=os.getpid(),
+                        executor_start_time=own_start_time()),
         )
         spec = LaunchSpec(
             workdir=settings.executor.guest_sandbox, env={"PATH": DEFAULT_PATH, "HOME": "/root"},

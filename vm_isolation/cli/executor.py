@@ -24,9 +24,12 @@ from types import FrameType
 from typing import BinaryIO, Callable, Optional
 
 from ..accel import resolve_domain_type
-from ..config import Settings, load_settings, mesos_environment
+from ..config import MesosEnvironment, Settings, load_settings, mesos_environment
 from ..errors import VmIsolationError
 from ..executor import Executor
+from ..hypervisor import LibvirtHypervisor
+from ..leases import Leases
+from ..reaper import reap
 from .common import configure_logging
 
 log = logging.getLogger("vm-isolation-executor")
@@ -60,7 +63,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     from ..mesos import AgentConnection
     from ..wiring import real_launcher
 
-    executor = Executor(settings, env, real_launcher(settings),
+    hypervisor = LibvirtHypervisor(settings.libvirt.uri)
+    _reap_earlier_run(settings, hypervisor, env)
+    launcher = real_launcher(settings, hypervisor)
+    executor = Executor(settings, env, launcher,
                         mirror_stdout=_mirror(sys.stdout.buffer), mirror_stderr=_mirror(sys.stderr.buffer))
     connection = AgentConnection(env, executor)
     executor.attach(connection)
@@ -73,6 +79,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     connection.join(5.0)
     log.info("exiting with status %d", code)
     return code
+
+
+def _reap_earlier_run(settings: Settings, hypervisor: LibvirtHypervisor, env: MesosEnvironment) -> None:
+    """Remove what an earlier, crashed run of this same executor left behind."""
+    try:
+        report = reap(settings, hypervisor, Leases(hypervisor),
+                      only_executor_id=env.executor_id, only_framework_id=env.framework_id)
+    except VmIsolationError as exc:
+        log.warning("could not check for leftovers of an earlier run: %s", exc)
+        return
+    for line in report.removed:
+        log.warning("leftover of an earlier run of this executor: %s", line)
+    for line in report.errors:
+        log.error("could not remove a leftover: %s", line)
 
 
 def _mirror(stream: BinaryIO) -> Callable[[bytes], None]:
