@@ -39,8 +39,17 @@ network: venv host
 	$(PY) -m vm_isolation.hostsetup
 
 lint: venv
-	$(VENV)/bin/ruff check vm_isolation tests bin
+	$(VENV)/bin/ruff check vm_isolation tests bin bench
 	$(VENV)/bin/mypy
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Benchmarks (bench/): floor vs executor cold path, concurrency, disk, address discovery, kill,
+# footprint. Writes bench/results/<time>/ and refreshes bench/RESULTS.md + RESULTS.png.
+# BENCH_ARGS passes options through, e.g. BENCH_ARGS='--reps 3 --only floor,coldpath'.
+.PHONY: bench
+BENCH_ARGS ?=
+bench: setup
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
+	$(PY) -m bench --publish $(BENCH_ARGS)
