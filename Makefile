@@ -33,7 +33,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml scripts/install-http-parser.sh | ho
 	touch $@
 
 image: host
-	scripts/build-image.sh
+	scripts/build-image.sh busybox python
 
 network: venv host
 	$(PY) -m vm_isolation.hostsetup

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Build the vm-isolation guest images from Debian packages, without touching the host's /boot.
 #
-#   scripts/build-image.sh [--images-dir DIR] [--force] [VARIANT]
+#   scripts/build-image.sh [--images-dir DIR] [--force] [VARIANT...]
 #
 #   --images-dir DIR   where the images go (default /var/lib/vm-isolation/images). It must be
 #                      traversable by the libvirt-qemu user, so not under /root.
 #   --force            rebuild even if the images are up to date
-#   VARIANT            the base image to build; only "busybox" exists (the default)
+#   VARIANT...         the base images to build (default: busybox only):
+#                        busybox  busybox, dropbear (+ sftp-server) and udhcpc on glibc
+#                        python   the busybox root plus Debian's python3 (/usr/bin/python3)
+#                      e.g. `scripts/build-image.sh busybox python` builds (or checks) both.
 #
 # Outputs in DIR (directories 0755, files 0644):
 #   vmlinux            the Debian kernel as an uncompressed ELF, booted directly through PVH
@@ -17,20 +20,29 @@
 #   VARIANT.qcow2      the base image, an ext4 root filesystem. Each guest boots from its own
 #                      copy-on-write overlay of it (qemu-img create -b VARIANT.qcow2 -F qcow2).
 #
+# The python variant is made without debootstrap: the Debian packages of python3.11 and of
+# the libraries its binary and lib-dynload modules link (PYTHON_PACKAGES) are fetched with
+# `apt-get download` (kept in DIR/.cache), unpacked with `dpkg-deb -x` (no maintainer
+# scripts) over the busybox root, whose glibc is the host's; the standard library is
+# byte-compiled at build time, and the build fails unless every ELF file in the root finds
+# its libraries and every lib-dynload module imports.
+#
 # The guest side (kernel command line, console lines) is specified in guest/vmiso-init. No
 # private key of any kind is put into an image: guests make their host key at boot.
 #
 # A build id (a hash of this script, guest/*, the kernel package version and the versions of
-# the host packages copied into the image) is recorded in DIR/.build-id per variant; when it
-# matches and the outputs exist the script says "up to date" and exits at once. Outputs are
+# the host packages copied into the image; for python also libc6's and those of the
+# downloaded packages) is recorded in DIR/.build-id per variant; when it matches and the
+# outputs exist the script says "up to date" and exits at once. Outputs are
 # built in a temporary directory inside DIR and renamed into place, so a failed or
 # interrupted build never leaves a half-written image behind.
 #
-# Adding a variant (e.g. "python", a debootstrap root with python3): write a
-# populate_rootfs_python function next to populate_rootfs_busybox that makes the root (it
-# brings its own /etc/passwd etc.), then adds install_guest_files, install_busybox (it never
-# replaces a file the root already has) and install_ssh_server; add the name to VARIANTS.
-# The kernel and the initramfs are shared by all variants.
+# Adding a variant: write a populate_rootfs_NAME function next to populate_rootfs_busybox
+# that makes the root (its own /etc/passwd etc., or install_minimal_etc), then adds
+# install_guest_files, install_busybox (it never replaces a file the root already has) and
+# install_ssh_server (or starts from populate_rootfs_busybox, as python does); add the name
+# to VARIANTS and its disk size to DISK_SIZES. The kernel and the initramfs are shared by all
+# variants; several variants built in one call share one kernel unpack and initramfs build.
 set -euo pipefail
 umask 022
 
@@ -38,20 +50,34 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly HERE
 readonly GUEST_FILES=$HERE/guest
 readonly DEFAULT_IMAGES_DIR=/var/lib/vm-isolation/images
-readonly VARIANTS=(busybox)
+readonly VARIANTS=(busybox python)
 readonly KERNEL_METAPACKAGE=linux-image-amd64
 # In load order, with their dependencies, through `modprobe --show-depends`.
 readonly INITRAMFS_MODULES=(virtio_pci virtio_net virtio_blk virtio_rng ext4)
-readonly DISK_SIZE=512M
+readonly -A DISK_SIZES=([busybox]=512M [python]=1G)
 readonly BUSYBOX=/bin/busybox
 readonly SFTP_SERVER=/usr/lib/openssh/sftp-server
 # Host packages whose files are copied into the images: their versions are part of the id.
 readonly COPIED_PACKAGES=(busybox-static dropbear-bin openssh-sftp-server)
 readonly APT_LISTS=/var/lib/apt/lists
+# The python variant: Debian's python3.11 and the libraries that its binary and its lib-dynload
+# modules need beyond what the busybox root has (found with ldd; glibc's own libm and libresolv
+# are copied from the host's libc6 like the rest of glibc). apt's candidate versions are used.
+readonly PYTHON_VERSION=3.11
+readonly PYTHON_PACKAGES=(
+    python3.11-minimal libpython3.11-minimal libpython3.11-stdlib
+    libexpat1 libssl3 libffi8 libbz2-1.0 liblzma5 libsqlite3-0 libuuid1 libdb5.3
+    libncursesw6 libtinfo6 libreadline8
+    libnsl2 libtirpc3 libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libkeyutils1
+    libcom-err2
+)
+readonly LOADER=/lib64/ld-linux-x86-64.so.2
 
 IMAGES_DIR=$DEFAULT_IMAGES_DIR
 FORCE=0
-VARIANT=busybox
+REQUESTED=()      # the variants named on the command line, in order, once each
+VARIANT=busybox   # the variant being checked or built
+PYTHON_DEBS=()    # "PACKAGE VERSION ARCHITECTURE" of PYTHON_PACKAGES, when python is requested
 WORK_DIR=""   # the build's temporary directory, inside IMAGES_DIR
 
 # --- output and errors ---------------------------------------------------------------------
@@ -89,11 +115,11 @@ quietly() {
 
 usage() {
     cat <<EOF
-usage: scripts/build-image.sh [--images-dir DIR] [--force] [VARIANT]
+usage: scripts/build-image.sh [--images-dir DIR] [--force] [VARIANT...]
 
   --images-dir DIR   where the images go (default $DEFAULT_IMAGES_DIR)
   --force            rebuild even if the images are up to date
-  VARIANT            the base image to build: ${VARIANTS[*]} (default busybox)
+  VARIANT...         the base images to build: ${VARIANTS[*]} (default busybox)
 EOF
 }
 
@@ -105,20 +131,31 @@ parse_args() {
             --force) FORCE=1 ;;
             -h | --help) usage; exit 0 ;;
             -*) usage_error "unknown option: $1" ;;
-            *) VARIANT=$1 ;;
+            *) is_known_variant "$1" || usage_error "unknown variant '$1' (known: ${VARIANTS[*]})"
+               is_requested "$1" || REQUESTED+=("$1") ;;
         esac
         shift
     done
+    [ ${#REQUESTED[@]} -gt 0 ] || REQUESTED=(busybox)
+}
+
+is_known_variant() {   # NAME
     local v
-    for v in "${VARIANTS[@]}"; do [ "$VARIANT" = "$v" ] && return 0; done
-    usage_error "unknown variant '$VARIANT' (known: ${VARIANTS[*]})"
+    for v in "${VARIANTS[@]}"; do [ "$1" = "$v" ] && return 0; done
+    return 1
+}
+
+is_requested() {   # NAME
+    local v
+    for v in "${REQUESTED[@]}"; do [ "$1" = "$v" ] && return 0; done
+    return 1
 }
 
 require_host() {
     [ "$(id -u)" -eq 0 ] || die "must run as root (the image's files must be owned by root): sudo $0"
     local tool missing=()
     for tool in apt-get apt-cache dpkg-deb dpkg-query depmod modprobe cpio gzip mkfs.ext4 e2fsck \
-        qemu-img python3 dropbear dropbearkey sha256sum flock ldd; do
+        qemu-img python3 dropbear dropbearkey sha256sum flock ldd chroot; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
     [ -x "$BUSYBOX" ] || missing+=("$BUSYBOX")
@@ -214,6 +251,67 @@ ask_apt_for_kernel_package() {
     echo "$package $version"
 }
 
+# --- the python variant's packages ----------------------------------------------------------
+
+# Prints "PACKAGE VERSION ARCHITECTURE" for each of PYTHON_PACKAGES: apt's candidate. Remembered
+# like the kernel package (see resolve_kernel_package), so an up-to-date check stays fast.
+resolve_python_packages() {
+    local memo=$IMAGES_DIR/.cache/python-packages fingerprint answer
+    fingerprint=$(apt_lists_fingerprint)
+    if [ -f "$memo" ] && [ "$(head -n 1 "$memo")" = "$fingerprint" ]; then
+        tail -n +2 "$memo"
+        return
+    fi
+    if ! answer=$(ask_apt_for_packages "${PYTHON_PACKAGES[@]}"); then
+        say "apt does not know all of ${PYTHON_PACKAGES[*]}: running apt-get update"
+        quietly apt-get update -q
+        fingerprint=$(apt_lists_fingerprint)
+        answer=$(ask_apt_for_packages "${PYTHON_PACKAGES[@]}") \
+            || die "apt-cache does not know all of ${PYTHON_PACKAGES[*]}"
+    fi
+    install -d -m 0755 "$IMAGES_DIR/.cache"
+    printf '%s\n%s\n' "$fingerprint" "$answer" >"$memo.new"
+    mv -f "$memo.new" "$memo"
+    echo "$answer"
+}
+
+ask_apt_for_packages() {   # PACKAGE...: one line per package, or fails
+    local answer
+    answer=$(apt-cache show --no-all-versions "$@" 2>/dev/null | awk '
+        $1 == "Package:" {p = $2} $1 == "Version:" {v = $2} $1 == "Architecture:" {a = $2}
+        /^$/ && p != "" {print p, v, a; p = ""}
+        END {if (p != "") print p, v, a}') || true
+    [ "$(printf '%s\n' "$answer" | awk 'NF == 3' | sort -u | wc -l)" -eq $# ] || return 1
+    echo "$answer"
+}
+
+python_deb_path() {   # "PACKAGE VERSION ARCHITECTURE"
+    local package version arch
+    read -r package version arch <<<"$1"
+    echo "$IMAGES_DIR/.cache/${package}_${version//:/%3a}_${arch}.deb"
+}
+
+# Fetches the packages of PYTHON_DEBS not yet in DIR/.cache (dropping their older versions).
+download_python_debs() {
+    local download=$WORK_DIR/download entry deb package version specs=() missing=()
+    for entry in "${PYTHON_DEBS[@]}"; do
+        deb=$(python_deb_path "$entry")
+        [ -s "$deb" ] && continue
+        missing+=("$entry")
+        read -r package version _ <<<"$entry"
+        specs+=("$package=$version")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    mkdir -p "$download"
+    (cd "$download" && quietly apt-get download -q -o APT::Sandbox::User=root "${specs[@]}")
+    for entry in "${missing[@]}"; do
+        deb=$(python_deb_path "$entry")
+        [ -s "$download/${deb##*/}" ] || die "apt-get download did not produce ${deb##*/}"
+        rm -f "$IMAGES_DIR/.cache/${entry%% *}_"*.deb
+        mv -f "$download/${deb##*/}" "$deb"
+    done
+}
+
 # --- build ids -----------------------------------------------------------------------------
 
 compute_build_id() {   # KERNEL_PACKAGE KERNEL_VERSION
@@ -221,6 +319,10 @@ compute_build_id() {   # KERNEL_PACKAGE KERNEL_VERSION
         printf 'variant %s\nkernel %s %s\n' "$VARIANT" "$1" "$2"
         dpkg-query -W "${COPIED_PACKAGES[@]}"
         (cd "$HERE" && sha256sum build-image.sh guest/*)
+        if [ "$VARIANT" = python ]; then
+            dpkg-query -W "libc6:$(dpkg --print-architecture)"
+            printf 'deb %s\n' "${PYTHON_DEBS[@]}"
+        fi
     } | sha256sum | cut -d' ' -f1
 }
 
@@ -449,14 +551,88 @@ populate_rootfs_busybox() {   # ROOT
     install_ssh_server "$1"
 }
 
+# The busybox root plus Debian's python3.11 (see PYTHON_PACKAGES), unpacked without running
+# maintainer scripts: what those would do (the python3 symlink, byte-compiling) is done here.
+populate_rootfs_python() {   # ROOT
+    local root=$1 entry python=/usr/bin/python$PYTHON_VERSION
+    populate_rootfs_busybox "$root"
+    for entry in "${PYTHON_DEBS[@]}"; do
+        quietly dpkg-deb -x "$(python_deb_path "$entry")" "$root"
+    done
+    rm -rf "$root"/usr/share/{doc,man,lintian}
+    [ -x "$root$python" ] || die "no $python in the python packages"
+    ln -sfn "${python##*/}" "$root/usr/bin/python3"
+    install_missing_glibc_libraries "$root"
+    # Timestamp-based .pyc files, as Debian's postinst makes them: the guest never compiles
+    # (or writes into its overlay) when it imports the standard library. Sequential, because
+    # the chroot has no /dev/shm for compileall's worker processes.
+    quietly run_in_root "$root" /usr/bin/python3 -E -m compileall -q -f "/usr/lib/python$PYTHON_VERSION"
+    local imported
+    imported=$(run_in_root "$root" /usr/bin/python3 -I -c "$IMPORT_ALL_EXTENSIONS") \
+        || die "the python root cannot import all of its lib-dynload modules"
+    say "python.qcow2: $(run_in_root "$root" /usr/bin/python3 -V), $imported lib-dynload modules import"
+}
+
+# Imports every extension module of the standard library and prints how many there are.
+readonly IMPORT_ALL_EXTENSIONS='
+import importlib, os, sysconfig
+d = sysconfig.get_path("platstdlib") + "/lib-dynload"
+names = sorted({f.split(".")[0] for f in os.listdir(d) if f.endswith(".so")})
+for name in names:
+    importlib.import_module(name)
+print(len(names))'
+
+run_in_root() {   # ROOT COMMAND...: a command of the root, in a chroot, with a clean environment
+    local root=$1
+    shift
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin TERM=dumb LC_ALL=C.UTF-8 chroot "$root" "$@"
+}
+
+# Prints "SONAME FILE" for each library that ROOT's dynamic loader cannot find for one of the
+# root's ELF files (FILE as seen inside the root). The tracing runs inside the root (through
+# its static busybox): set outside, LD_TRACE_LOADED_OBJECTS would trace chroot itself.
+missing_libraries() {   # ROOT
+    local root=$1 file magic files=()
+    while IFS= read -r -d '' file; do
+        [ "$file" = "$root/bin/busybox" ] && continue   # static
+        magic=$(head -c 4 "$file" | od -An -tx1 | tr -d ' \n')
+        [ "$magic" = 7f454c46 ] && files+=("${file#"$root"}")
+    done < <(find "$root" -type f \( -perm -u+x -o -name '*.so*' \) -print0)
+    # shellcheck disable=SC2016 # the script is for the root's shell
+    run_in_root "$root" /bin/busybox sh -c '
+        for f; do
+            LD_TRACE_LOADED_OBJECTS=1 "$0" "$f" | awk -v f="$f" "\$2 == \"=>\" && \$3 == \"not\" {print \$1, f}"
+        done' "$LOADER" "${files[@]}" 2>/dev/null
+}
+
+# The packages bring no glibc (the root's is the host's, from install_elf): whatever part of it
+# they need beyond that (libm, libresolv) comes from the host's libc6 too, so glibc's pieces
+# stay of one version. Any other missing library fails the build.
+install_missing_glibc_libraries() {   # ROOT
+    local root=$1 missing soname file path glibc_files
+    glibc_files=$(dpkg -L "libc6:$(dpkg --print-architecture)")
+    missing=$(missing_libraries "$root")
+    for soname in $(printf '%s\n' "$missing" | awk 'NF {print $1}' | sort -u); do
+        path=$(printf '%s\n' "$glibc_files" | grep -m 1 "/$soname\$") || continue
+        [ -e "$root$path" ] && continue
+        mkdir -p "$root${path%/*}"
+        cp -L "$path" "$root$path"
+    done
+    missing=$(missing_libraries "$root")
+    if [ -n "$missing" ]; then
+        printf '%s\n' "$missing" | sed 's/^/build-image:   missing /' >&2
+        die "the python root lacks libraries (add their packages to PYTHON_PACKAGES)"
+    fi
+}
+
 # An ext4 filesystem made straight from the directory (mkfs.ext4 -d: no loop mount), then
 # converted to qcow2, which stores only the blocks in use.
-make_disk_image() {   # ROOT OUT
+make_disk_image() {   # ROOT OUT SIZE
     local raw=$WORK_DIR/disk.raw
     # The inode tables and the journal are initialised now, not lazily by the guest kernel,
     # which would otherwise spend emulated CPU time writing zeroes into every overlay.
     quietly mkfs.ext4 -q -F -L vmiso-root -m 0 -E lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0 \
-        -d "$1" "$raw" "$DISK_SIZE"
+        -d "$1" "$raw" "$3"
     quietly e2fsck -f -n "$raw"
     quietly qemu-img convert -f raw -O qcow2 "$raw" "$2"
     rm -f "$raw"
@@ -466,23 +642,29 @@ build_base_image() {   # OUT_DIR
     local root=$WORK_DIR/rootfs-$VARIANT
     mkdir -p "$root"
     "populate_rootfs_$VARIANT" "$root"
-    make_disk_image "$root" "$1/$VARIANT.qcow2"
-    say "$VARIANT.qcow2: $(du -sk "$root" | cut -f1) KiB of files in a $DISK_SIZE disk"
+    make_disk_image "$root" "$1/$VARIANT.qcow2" "${DISK_SIZES[$VARIANT]}"
+    say "$VARIANT.qcow2: $(du -sk "$root" | cut -f1) KiB of files in a ${DISK_SIZES[$VARIANT]} disk"
+    rm -rf "$root"
 }
 
 # --- installing the outputs ----------------------------------------------------------------
 
 # Each output is renamed over the old one (atomic per file; running guests keep the old file
 # open). This variant's build id is dropped first and written last, so an interruption in
-# between leaves the images "out of date", never "up to date" with a mix of builds.
+# between leaves the images "out of date", never "up to date" with a mix of builds. When
+# several variants are built in one call, the first one installed brings the shared kernel and
+# initramfs; they are then already in place for the others.
 install_outputs() {   # OUT_DIR BUILD_ID
     local file files=()
-    for file in $(variant_outputs); do files+=("$1/$file"); done
+    for file in $(variant_outputs); do
+        [ -e "$1/$file" ] || [ "$file" = "$VARIANT.qcow2" ] || continue
+        files+=("$1/$file")
+    done
     chmod 0644 "${files[@]}"
     sync -- "${files[@]}"
     record_build_id
-    for file in $(variant_outputs); do
-        mv -f "$1/$file" "$IMAGES_DIR/$file"
+    for file in "${files[@]}"; do
+        mv -f "$file" "$IMAGES_DIR/${file##*/}"
     done
     record_build_id "$2"
 }
@@ -491,8 +673,9 @@ cleanup() {
     [ -z "$WORK_DIR" ] || rm -rf "$WORK_DIR"
 }
 
-build() {   # KERNEL_PACKAGE KERNEL_VERSION BUILD_ID
-    local start out deb
+build() {   # KERNEL_PACKAGE KERNEL_VERSION VARIANT=BUILD_ID...
+    local start out deb kernel_package=$1 kernel_version=$2 pending built=(vmlinux initramfs.cpio.gz)
+    shift 2
     start=$(now_ms)
     trap cleanup EXIT
     trap 'exit 130' INT
@@ -500,16 +683,24 @@ build() {   # KERNEL_PACKAGE KERNEL_VERSION BUILD_ID
     WORK_DIR=$(mktemp -d "$IMAGES_DIR/.tmp-build.XXXXXX")
     out=$WORK_DIR/out
     mkdir -p "$out"
-    say "building $VARIANT with $1 $2 into $IMAGES_DIR"
-    deb=$(kernel_deb_path "$1" "$2")
-    [ -s "$deb" ] || timed "downloading $1 $2" download_kernel_deb "$1" "$2" "$deb"
-    timed "unpacking $1" unpack_kernel "$deb"
+    say "building ${*%%=*} with $kernel_package $kernel_version into $IMAGES_DIR"
+    deb=$(kernel_deb_path "$kernel_package" "$kernel_version")
+    [ -s "$deb" ] || timed "downloading $kernel_package $kernel_version" \
+        download_kernel_deb "$kernel_package" "$kernel_version" "$deb"
+    if [[ " ${*%%=*} " == *" python "* ]]; then
+        timed "downloading the python packages" download_python_debs
+    fi
+    timed "unpacking $kernel_package" unpack_kernel "$deb"
     timed "extracting vmlinux" build_kernel "$out"
     timed "building initramfs.cpio.gz" build_initramfs "$out"
-    timed "building $VARIANT.qcow2" build_base_image "$out"
-    install_outputs "$out" "$3"
+    for pending in "$@"; do
+        VARIANT=${pending%%=*}
+        timed "building $VARIANT.qcow2" build_base_image "$out"
+        install_outputs "$out" "${pending#*=}"
+        built+=("$VARIANT.qcow2")
+    done
     local ms=$(($(now_ms) - start))
-    say "built $(variant_outputs) in $((ms / 1000)).$(((ms % 1000) / 100)) s"
+    say "built ${built[*]} in $((ms / 1000)).$(((ms % 1000) / 100)) s"
 }
 
 main() {
@@ -517,15 +708,22 @@ main() {
     require_host
     prepare_images_dir
     lock_images_dir
-    local kernel package version build_id
+    local kernel package version build_id python_debs pending=()
     kernel=$(resolve_kernel_package)
     read -r package version <<<"$kernel"
-    build_id=$(compute_build_id "$package" "$version")
-    if [ "$FORCE" -eq 0 ] && is_up_to_date "$build_id"; then
-        say "up to date"
-        return 0
+    if is_requested python; then
+        python_debs=$(resolve_python_packages)
+        mapfile -t PYTHON_DEBS <<<"$python_debs"
     fi
-    build "$package" "$version" "$build_id"
+    for VARIANT in "${REQUESTED[@]}"; do
+        build_id=$(compute_build_id "$package" "$version")
+        if [ "$FORCE" -eq 0 ] && is_up_to_date "$build_id"; then
+            if [ ${#REQUESTED[@]} -eq 1 ]; then say "up to date"; else say "$VARIANT: up to date"; fi
+            continue
+        fi
+        pending+=("$VARIANT=$build_id")
+    done
+    [ ${#pending[@]} -eq 0 ] || build "$package" "$version" "${pending[@]}"
 }
 
 main "$@"

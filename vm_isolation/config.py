@@ -49,7 +49,8 @@ class ImageSettings:
     default: str = "busybox"
     """Image used when a task names none."""
     bases: Mapping[str, Path] = field(
-        default_factory=lambda: {"busybox": Path("/var/lib/vm-isolation/images/busybox.qcow2")}
+        default_factory=lambda: {"busybox": Path("/var/lib/vm-isolation/images/busybox.qcow2"),
+                                 "python": Path("/var/lib/vm-isolation/images/python.qcow2")}
     )
     """Base image name -> qcow2 path."""
 
@@ -84,6 +85,12 @@ class ExecutorSettings:
     kill_grace_s: float = 3.0
     ack_timeout_s: float = 60.0
     guest_sandbox: str = "/mnt/mesos/sandbox"
+    wrap_image: str = "python"
+    """Wrap mode: the base image the framework's executor runs in."""
+    wrap_boot_budget_s: float = 50.0
+    """Wrap mode: boot + SSH must fit in this (below the agent's registration timeout)."""
+    wrap_copy_back: bool = True
+    """Wrap mode: copy what the inner executor wrote into the guest sandbox back to the host."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,8 @@ class Settings:
 # --- parsing --------------------------------------------------------------------------------
 
 _INT_KEYS = {"memory_floor_mib", "default_memory_mib", "max_memory_mib", "max_vcpus"}
-_FLOAT_KEYS = {"boot_timeout_s", "ssh_timeout_s", "kill_grace_s", "ack_timeout_s"}
+_FLOAT_KEYS = {"boot_timeout_s", "ssh_timeout_s", "kill_grace_s", "ack_timeout_s", "wrap_boot_budget_s"}
+_BOOL_KEYS = {"wrap_copy_back"}
 _PATH_KEYS = {"overlay_dir", "key_dir", "console_dir"}
 _SECTIONS = {
     "libvirt": LibvirtSettings,
@@ -204,6 +212,10 @@ def _convert(section: str, key: str, raw: str, source: Optional[Path]) -> object
         return number
     if key in _PATH_KEYS:
         return Path(raw)
+    if key in _BOOL_KEYS:
+        if raw.lower() not in ("true", "false"):
+            raise ConfigError(f"{where}: expected true or false")
+        return raw.lower() == "true"
     return raw
 
 
@@ -241,7 +253,7 @@ def _images(parser: configparser.ConfigParser, source: Optional[Path]) -> ImageS
             raise ConfigError(f"{source}: [{name}] takes exactly one key, path")
         bases[image] = resolve(items["path"])
     if not parser.has_section("images") and not bases:
-        bases = {"busybox": directory / "busybox.qcow2"}
+        bases = {name: directory / path.name for name, path in defaults.bases.items()}
     default = section.get("default", defaults.default).strip()
     if default not in bases:
         raise ConfigError(
@@ -293,6 +305,9 @@ class MesosEnvironment:
     agent_id: str = ""
     variables: Mapping[str, str] = field(default_factory=dict)
     """Every MESOS_* and LIBPROCESS_* variable as given, to pass on into guests."""
+    environment: Mapping[str, str] = field(default_factory=dict)
+    """The whole environment the agent gave (its variables, --executor_environment_variables and
+    the ExecutorInfo's CommandInfo.environment): what wrap mode passes on to the inner executor."""
 
 
 def mesos_environment(environ: Mapping[str, str] = os.environ) -> MesosEnvironment:
@@ -329,4 +344,5 @@ def mesos_environment(environ: Mapping[str, str] = os.environ) -> MesosEnvironme
         variables={
             k: v for k, v in environ.items() if k.startswith(("MESOS_", "LIBPROCESS_"))
         },
+        environment=dict(environ),
     )

@@ -321,6 +321,23 @@ class SshRemote:
         return self._transfer(f"download of {remote_path}", "download", read)
 
     # --- state ----------------------------------------------------------------------------
+    # --- tunnels ----------------------------------------------------------------------------
+    def forward_to_host(self, guest_port: int, target_host: str, target_port: int) -> None:
+        """Make the guest's 127.0.0.1:``guest_port`` reach ``target_host:target_port`` as seen
+        from this host, through this SSH session (remote forwarding, ``ssh -R``). Each
+        connection in the guest becomes a channel here, piped to a new TCP connection."""
+        transport = self._client.get_transport()
+
+        def accept(channel: Channel, _origin: Any, _server: Any) -> None:
+            threading.Thread(target=_pipe, args=(channel, target_host, target_port), daemon=True,
+                             name=f"tunnel-{target_port}").start()
+
+        try:
+            transport.request_port_forward("127.0.0.1", guest_port, handler=accept)
+        except _TRANSIENT as exc:
+            raise SshUnavailable(f"the guest refused to forward its port {guest_port} to "
+                                 f"{target_host}:{target_port}: {_describe(exc)}", phase="tunnel") from exc
+
     def is_alive(self) -> bool:
         transport = self._client.get_transport()
         return not self._closed and transport is not None and bool(transport.is_active())
@@ -423,6 +440,35 @@ class SshRemote:
             channel.shutdown_write()  # EOF: sftp-server exits, then dropbear closes the channel (measure 2)
         _await_server_close(channel, self._clock, self._where)
         sftp.close()
+
+
+def _pipe(channel: Channel, host: str, port: int) -> None:
+    """Copy bytes both ways between a forwarded channel and a TCP connection until one closes."""
+    try:
+        sock = socket.create_connection((host, port), timeout=10)
+    except OSError as exc:
+        log.warning("tunnel: cannot connect to %s:%d: %s", host, port, exc)
+        channel.close()
+        return
+    sock.settimeout(None)
+    try:
+        while True:
+            ready, _, _ = select.select([sock, channel], [], [], 60)
+            if sock in ready:
+                data = sock.recv(READ_CHUNK)
+                if not data:
+                    break
+                channel.sendall(data)
+            if channel in ready:
+                data = channel.recv(READ_CHUNK)
+                if not data:
+                    break
+                sock.sendall(data)
+    except OSError as exc:
+        log.debug("tunnel to %s:%d ended: %s", host, port, exc)
+    finally:
+        sock.close()
+        channel.close()
 
 
 def _discard(_chunk: bytes) -> None:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import signal
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Callable, Optional, Protocol
 
+from . import sandbox
 from .config import MesosEnvironment, Settings
 from .domainxml import Owner
 from .errors import VmIsolationError
@@ -36,8 +35,6 @@ from .tasks import TaskSpec
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Our own files in the executor sandbox: never uploaded into guests.
-SANDBOX_OWN = {"stdout", "stderr", "tasks", ".vm-isolation"}
 # Agent variables a task in Mesos does not see (they are the executor's credentials / plumbing).
 PRIVATE_VARIABLES = {"MESOS_EXECUTOR_AUTHENTICATION_TOKEN", "MESOS_DOMAIN_SOCKET"}
 DESTROY_AFTER_SIGKILL_S = 2.0
@@ -255,27 +252,7 @@ class TaskWorker:
 
     def _upload(self, guest: Guest) -> None:
         """Copy what the agent fetched into the sandbox into the guest's sandbox."""
-        root = self.ctx.env.directory
-        sandbox = self.ctx.settings.executor.guest_sandbox
-        files: list[Path] = []
-        dirs: list[str] = [sandbox]
-        for entry in sorted(root.iterdir()) if root.is_dir() else []:
-            if entry.name in SANDBOX_OWN or entry.is_symlink():
-                continue
-            if entry.is_dir():
-                for path in sorted(entry.rglob("*")):
-                    if path.is_symlink():
-                        continue
-                    if path.is_dir():
-                        dirs.append(f"{sandbox}/{path.relative_to(root)}")
-                    elif path.is_file():
-                        files.append(path)
-                dirs.append(f"{sandbox}/{entry.name}")
-            elif entry.is_file():
-                files.append(entry)
-        guest.remote.run("mkdir -p " + " ".join(shlex.quote(d) for d in dirs), timeout_s=60)
-        for path in files:
-            guest.remote.put_file(path, f"{sandbox}/{path.relative_to(root)}")
+        sandbox.upload(guest.remote, self.ctx.env.directory, self.ctx.settings.executor.guest_sandbox)
 
     def _send(self, state: TaskState, *, reason: Optional[Reason] = None, message: Optional[str] = None,
               data: Optional[bytes] = None) -> bytes:

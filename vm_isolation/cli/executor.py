@@ -5,6 +5,8 @@ installs it as the agent's command executor. The agent starts it with only ``MES
 variables; the host configuration comes from /etc/vm-isolation/mesos.conf (``--config``).
 
     vm-isolation-executor [--config PATH]       run as an executor (started by the agent)
+    vm-isolation-executor --wrap [--config PATH] -- CMD [ARG...]
+    vm-isolation-executor --wrap --shell 'CMD'  run the framework's own executor CMD in a guest
     vm-isolation-executor --check [--config P]  print what it would use, and exit
 
 Unknown ``--flag=value`` arguments (such as the ``--launcher_dir`` the agent passes to its
@@ -27,9 +29,13 @@ from ..accel import resolve_domain_type
 from ..config import MesosEnvironment, Settings, load_settings, mesos_environment
 from ..errors import VmIsolationError
 from ..executor import Executor
+from ..guest import GuestLauncher
+from ..hostnet import bridge_ipv4
 from ..hypervisor import LibvirtHypervisor
 from ..leases import Leases
 from ..reaper import reap
+from ..wiring import real_launcher
+from ..wrap import InnerCommand, Wrapper
 from .common import configure_logging
 
 log = logging.getLogger("vm-isolation-executor")
@@ -39,11 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vm-isolation-executor", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, help="configuration file (default /etc/vm-isolation/mesos.conf)")
     p.add_argument("--check", action="store_true", help="print the configuration it would use and exit")
+    p.add_argument("--wrap", action="store_true",
+                   help="wrap mode: run the executor command given after -- (or --shell) inside a guest")
+    p.add_argument("--shell", help="wrap mode: the inner executor as a shell command")
+    p.add_argument("--tunnel", action="store_true",
+                   help="wrap mode: if the guest cannot reach the agent, tunnel its endpoint over SSH (v1 only)")
     return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args, unknown = _parser().parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    inner = argv[argv.index("--") + 1:] if "--" in argv else []
+    args, unknown = _parser().parse_known_args(argv[:argv.index("--")] if "--" in argv else argv)
     configure_logging("vm-isolation-executor")
     if unknown:
         log.info("ignoring arguments meant for Mesos's own executor: %s", " ".join(unknown))
@@ -59,13 +72,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     except VmIsolationError as exc:
         log.error("%s", exc)
         return 1
-    # Imported here: pymesos must be imported on the main thread, and only when serving.
-    from ..mesos import AgentConnection
-    from ..wiring import real_launcher
-
     hypervisor = LibvirtHypervisor(settings.libvirt.uri)
     _reap_earlier_run(settings, hypervisor, env)
     launcher = real_launcher(settings, hypervisor)
+    if args.wrap:
+        return _wrap(settings, env, launcher, hypervisor, InnerCommand(tuple(inner), args.shell, args.tunnel))
+    # Imported here: pymesos must be imported on the main thread, and only when serving.
+    from ..mesos import AgentConnection
+
     executor = Executor(settings, env, launcher,
                         mirror_stdout=_mirror(sys.stdout.buffer), mirror_stderr=_mirror(sys.stderr.buffer))
     connection = AgentConnection(env, executor)
@@ -77,6 +91,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     code = executor.wait()
     connection.stop()
     connection.join(5.0)
+    log.info("exiting with status %d", code)
+    return code
+
+
+def _wrap(settings: Settings, env: MesosEnvironment, launcher: GuestLauncher, hypervisor: LibvirtHypervisor,
+          command: InnerCommand) -> int:
+    if bool(command.argv) == (command.shell is not None):
+        log.error("--wrap needs the inner executor either after -- (argv) or as --shell 'COMMAND'")
+        return 2
+    bridge = hypervisor.network(settings.libvirt.network).bridge
+    wrapper = Wrapper(settings, env, launcher, command,
+                      bridge_address=lambda: bridge_ipv4(bridge),
+                      out=_mirror(sys.stdout.buffer), err=_mirror(sys.stderr.buffer))
+    _on_sigterm(wrapper.terminate)
+    log.info("wrap mode: executor %s of framework %s, agent %s", env.executor_id, env.framework_id,
+             env.agent_endpoint)
+    code = wrapper.run()
     log.info("exiting with status %d", code)
     return code
 

@@ -1,0 +1,246 @@
+"""Wrap mode: a framework's own executor runs inside one guest and reports to the agent itself.
+
+``vm-isolation-executor --wrap -- CMD [ARG...]`` is the process the agent launched and watches.
+It never subscribes (the agent keeps one subscriber per executor id and the newest wins);
+instead it boots a guest, uploads the sandbox, and starts CMD there with the agent's
+environment rewritten for the guest (:func:`guest_environment`), so the inner executor
+subscribes from inside the VM. The wrapper lives exactly as long as the inner executor,
+streams its output into the sandbox, copies back what it wrote, and exits with its status.
+SIGTERM is forwarded; a guest that dies or an SSH session lost for good makes the wrapper exit
+non-zero, so the agent reports the tasks as failed ("Executor terminated").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from . import sandbox
+from .config import MesosEnvironment, Settings
+from .domainxml import Owner
+from .errors import HostError, VmIsolationError
+from .guest import Cancelled, Guest, GuestLauncher, GuestRequest
+from .ids import domain_name_for
+from .launcher import LaunchSpec
+from .procinfo import own_start_time
+from .taskrun import run_launcher, signal_task
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Host paths that mean nothing in the guest, and the shell's own bookkeeping: not passed on.
+HOST_ONLY_VARIABLES = frozenset({"MESOS_DOMAIN_SOCKET", "MESOS_NATIVE_JAVA_LIBRARY", "MESOS_NATIVE_LIBRARY",
+                                 "PATH", "HOME", "PWD", "OLDPWD", "SHLVL", "_"})
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+EXIT_WRAPPER_FAILED = 1
+REACH_TIMEOUT_S = 3
+
+
+@dataclass(frozen=True)
+class InnerCommand:
+    """The framework's executor command: an argv, or a shell string."""
+
+    argv: tuple[str, ...] = ()
+    shell: Optional[str] = None
+    tunnel: bool = False
+    """When the guest cannot reach the agent directly, tunnel the endpoint over SSH (v1 only)."""
+
+
+def guest_environment(env: MesosEnvironment, *, agent_endpoint: str, guest_ip: str,
+                      guest_sandbox: str) -> dict[str, str]:
+    """The environment the agent gave the wrapper, rewritten for an executor inside the guest.
+
+    Everything the agent set is passed on (its MESOS_* variables, --executor_environment_variables,
+    the ExecutorInfo's CommandInfo.environment such as HADOOP_OPTS or JAVA_HOME), except host-only
+    paths, the shell's bookkeeping and our own VM_ISOLATION_* settings.
+
+    The agent endpoint (v1: MESOS_AGENT_ENDPOINT; the C++ library and v0 drivers:
+    MESOS_SLAVE_PID) becomes an address the guest can reach; the sandbox paths become the
+    guest's; LIBPROCESS_IP and LIBPROCESS_ADVERTISE_IP become the guest's address so that a
+    v0 (libprocess) executor binds there and the agent can connect back to it.
+    """
+    given = {**env.environment, **env.variables}
+    variables = {k: v for k, v in given.items()
+                 if k not in HOST_ONLY_VARIABLES and not k.startswith("VM_ISOLATION_") and _IDENTIFIER.fullmatch(k)}
+    pid_id = variables.get("MESOS_SLAVE_PID", "slave(1)@").split("@", 1)[0] or "slave(1)"
+    variables.update(
+        MESOS_AGENT_ENDPOINT=agent_endpoint,
+        MESOS_SLAVE_PID=f"{pid_id}@{agent_endpoint}",
+        MESOS_DIRECTORY=guest_sandbox,
+        MESOS_SANDBOX=guest_sandbox,
+        LIBPROCESS_IP=guest_ip,
+        LIBPROCESS_ADVERTISE_IP=guest_ip,
+    )
+    variables.update(PATH=DEFAULT_PATH, HOME="/root")
+    return variables
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=REACH_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        raise HostError(f"MESOS_AGENT_ENDPOINT={endpoint!r} is not HOST:PORT")
+    return host, int(port)
+
+
+class Wrapper:
+    """Runs one inner executor in one guest; :meth:`run` returns the process exit status."""
+
+    def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher, command: InnerCommand,
+                 *, bridge_address: Callable[[], str], out: Callable[[bytes], None],
+                 err: Callable[[bytes], None]) -> None:
+        self.settings = settings
+        self.env = env
+        self.launcher = launcher
+        self.command = command
+        self._bridge_address = bridge_address
+        self._out = out
+        self._err = err
+        self._cancel = threading.Event()
+        self._run_ended = threading.Event()
+        self._guest: Optional[Guest] = None
+        self._pgid: Optional[int] = None
+        self._lost = ""
+        self._terminating = False
+
+    def run(self) -> int:
+        request = self._request()
+        budget = threading.Timer(self.settings.executor.wrap_boot_budget_s, self._cancel.set)
+        budget.daemon = True
+        started = time.monotonic()
+        budget.start()
+        try:
+            with self.launcher.boot(request, cancel=self._cancel, progress=self._progress) as guest:
+                budget.cancel()
+                self._guest = guest
+                return self._run_inner(guest)
+        except Cancelled:
+            if self._terminating:
+                log.warning("terminated while the guest booted")
+                return EXIT_WRAPPER_FAILED
+            log.error("booting the guest and reaching it over SSH took more than %.0f s ([executor] "
+                      "wrap_boot_budget_s): giving up now rather than letting the agent's executor "
+                      "registration timeout (1 min by default) expire silently", time.monotonic() - started)
+            return EXIT_WRAPPER_FAILED
+        except VmIsolationError as exc:
+            log.error("%s", exc)
+            return EXIT_WRAPPER_FAILED
+        finally:
+            budget.cancel()
+
+    def terminate(self) -> None:
+        """SIGTERM from the agent: forward it, destroy the guest if the inner executor lingers."""
+        self._terminating = True
+        self._cancel.set()
+        threading.Thread(target=self._escalate, daemon=True, name="wrap-terminate").start()
+
+    # --- the run -----------------------------------------------------------------------
+    def _run_inner(self, guest: Guest) -> int:
+        endpoint = self._reachable_agent_endpoint(guest)
+        copied = sandbox.upload(guest.remote, self.env.directory, self.settings.executor.guest_sandbox)
+        log.info("uploaded %d sandbox file(s) into %s", copied, guest.name)
+        spec = self._launch_spec(guest, endpoint)
+        watchdog = threading.Thread(target=self._watch, args=(guest,), daemon=True, name="wrap-watch")
+        watchdog.start()
+        try:
+            status = run_launcher(guest, spec, on_started=self._started, on_stdout=self._out, on_stderr=self._err)
+        except VmIsolationError as exc:
+            log.error("lost the inner executor: %s", self._lost or exc)
+            return EXIT_WRAPPER_FAILED
+        finally:
+            self._run_ended.set()
+        log.info("inner executor exited with %s", status.describe())
+        if self.settings.executor.wrap_copy_back:
+            try:
+                n = sandbox.copy_back(guest.remote, self.settings.executor.guest_sandbox, self.env.directory)
+                log.info("copied %d file(s) back from the guest sandbox", n)
+            except VmIsolationError as exc:
+                log.warning("could not copy files back from the guest: %s", exc)
+        return status.code
+
+    def _launch_spec(self, guest: Guest, endpoint: str) -> LaunchSpec:
+        env = guest_environment(self.env, agent_endpoint=endpoint, guest_ip=guest.ip,
+                                guest_sandbox=self.settings.executor.guest_sandbox)
+        workdir = self.settings.executor.guest_sandbox
+        if self.command.shell is not None:
+            return LaunchSpec(workdir=workdir, env=env, shell_command=self.command.shell)
+        return LaunchSpec(workdir=workdir, env=env, executable=self.command.argv[0], arguments=self.command.argv)
+
+    def _reachable_agent_endpoint(self, guest: Guest) -> str:
+        """host:port of the agent as the guest can reach it; HostError saying how to fix it.
+
+        The check connects from the host to its own address on the guests' bridge: it tells
+        whether the agent listens there. (libvirt's NAT network accepts guest -> host traffic;
+        a host firewall that drops it is not detected.)
+        """
+        host, port = split_endpoint(self.env.agent_endpoint)
+        bridge = self._bridge_address()
+        if _listening(bridge, port):
+            return f"{bridge}:{port}"
+        if self.command.tunnel and _listening(host, port):
+            guest.remote.forward_to_host(port, host, port)
+            log.info("agent %s does not listen on %s, the host's address on the guests' network: tunnelled over "
+                     "SSH to the guest's 127.0.0.1:%d (v1 HTTP executors only)", self.env.agent_endpoint, bridge, port)
+            return f"127.0.0.1:{port}"
+        raise HostError(
+            f"the agent ({self.env.agent_endpoint}) is not reachable from the guest at {bridge}:{port}, the "
+            f"host's address on the guests' network{', nor through the SSH tunnel' if self.command.tunnel else ''}: "
+            f"start the agent with --ip={bridge} or --ip=0.0.0.0 so it listens there, or (v1 HTTP executors) "
+            f"pass --tunnel to vm-isolation-executor")
+
+    def _started(self, pgid: int) -> None:
+        self._pgid = pgid
+        log.info("inner executor started in %s (process group %d)", self._guest.name if self._guest else "?", pgid)
+
+    def _watch(self, guest: Guest) -> None:
+        while not self._run_ended.wait(1.0):
+            try:
+                state = self.launcher.hypervisor.state(guest.name)
+            except VmIsolationError:
+                continue
+            if state != "running":
+                self._lost = f"the guest {guest.name} stopped (state {state or 'gone'})"
+                guest.remote.close()
+                return
+
+    def _escalate(self) -> None:
+        guest, pgid = self._guest, self._pgid
+        if guest is None or pgid is None:
+            return
+        try:
+            signal_task(guest, pgid, signal.SIGTERM)
+        except VmIsolationError as exc:
+            log.warning("could not forward SIGTERM: %s", exc)
+        grace = max(0.5, self.env.shutdown_grace_period_s - 1.0)
+        if not self._run_ended.wait(grace):
+            log.warning("inner executor still running %.1f s after SIGTERM: destroying the guest", grace)
+            self.launcher.hypervisor.destroy(guest.name)
+
+    def _progress(self, phase: str, seconds: float) -> None:
+        self._err(f"vm-isolation: {phase} done ({seconds:.2f} s)\n".encode())
+
+    def _request(self) -> GuestRequest:
+        image = self.settings.executor.wrap_image
+        return GuestRequest(
+            name=domain_name_for(self.env.executor_id),
+            base_image=self.settings.images.base(image),
+            memory_mib=self.settings.vm.default_memory_mib,
+            owner=Owner(framework_id=self.env.framework_id, executor_id=self.env.executor_id,
+                        task_id="", executor_pid=os.getpid(), executor_start_time=own_start_time()),
+            console_log=self.env.directory / "console.log",
+        )
+
