@@ -4,6 +4,7 @@ agent stand-in itself; the wrapper lives as long as it does and leaves nothing b
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -13,10 +14,13 @@ import pytest
 
 from tests.real.conftest import Leftovers
 from vm_isolation.config import Settings, conf_path
+from vm_isolation.guest import GuestRequest
 from vm_isolation.hostnet import bridge_ipv4
 from vm_isolation.hypervisor import LibvirtHypervisor
-from vm_isolation.ids import name_prefix
+from vm_isolation.ids import domain_name_for, name_prefix
 from vm_isolation.localagent import LocalAgent
+from vm_isolation.waiting import Deadline, poll_until
+from vm_isolation.wiring import real_launcher
 
 INNER = Path(__file__).parent / "guest" / "inner_executor.py"
 BOOT_S = 180.0
@@ -116,3 +120,33 @@ def test_an_unreachable_agent_without_a_tunnel_fails_with_the_fix(
     assert "is not reachable from the guest at" in log and "--ip=" in log and "--tunnel" in log
     assert loopback_agent.wait_for_terminal("unreachable", 30).message == "Executor terminated"
     leftovers.assert_none_since(before, prefixes=[name_prefix(eid)])
+
+
+def test_a_v0_executor_in_the_guest_and_the_agent_can_reach_each_other(
+        settings: Settings, hypervisor: LibvirtHypervisor, leftovers: Leftovers) -> None:
+    """What a v0 (libprocess) executor needs, on the real network: the guest connects to the host's
+    bridge address, and the host connects to a port the guest listens on at its LIBPROCESS_IP."""
+    bridge_ip = bridge_ipv4(hypervisor.network(settings.libvirt.network).bridge)
+    before = leftovers.snapshot()
+    request = GuestRequest(name=domain_name_for("v0reach"), base_image=settings.images.base("python"))
+    with socket.create_server((bridge_ip, 0)) as host_side, real_launcher(settings, hypervisor).boot(request) as guest:
+        host_port = host_side.getsockname()[1]
+        code, _, err = guest.remote.run_capture(
+            f"python3 -c 'import socket; socket.create_connection((\"{bridge_ip}\", {host_port}), timeout=10)'",
+            timeout_s=60)
+        assert code == 0, err
+        host_side.settimeout(10)
+        host_side.accept()[0].close()  # the guest's connection arrived
+        guest.remote.run(f"setsid python3 -c 'import socket; s = socket.create_server((\"{guest.ip}\", 5051)); "
+                         f"s.accept()' </dev/null >/dev/null 2>&1 &", timeout_s=30)
+        connect = lambda: socket.create_connection((guest.ip, 5051), timeout=2)  # noqa: E731
+        poll_until(lambda: _tries(connect), Deadline.after(30), what="the guest's listener")
+    leftovers.assert_none_since(before, prefixes=[request.name])
+
+
+def _tries(connect: Any) -> bool | None:
+    try:
+        connect().close()
+        return True
+    except OSError:
+        return None
