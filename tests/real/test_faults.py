@@ -17,6 +17,7 @@ from tests.real.conftest import Leftovers
 from tests.real.test_executor_e2e import BOOT_S, Run, task
 from vm_isolation.config import Settings
 from vm_isolation.localagent import LocalAgent
+from vm_isolation.waiting import Deadline, poll_until
 
 
 @pytest.fixture
@@ -80,4 +81,58 @@ def test_sigkill_of_the_executor_leaves_work_for_the_reaper_which_removes_it(run
     reaped = reap_cli("--json")
     assert reaped.returncode == 0, reaped.stderr
     assert json.loads(reaped.stdout)["errors"] == []
+    run.assert_clean()
+
+
+def test_sigterm_of_the_executor_kills_its_tasks_and_cleans_up(run: Run) -> None:
+    """SIGTERM (an operator, a wrapper) is handled like SHUTDOWN: TASK_KILLED, guest gone, exit 0."""
+    eid, h = run.executor()
+    run.launch(eid, task("sigterm", "sleep 600"))
+    run.agent.wait_for_state("sigterm", "TASK_RUNNING", BOOT_S)
+    os.kill(h.pid, signal.SIGTERM)
+    assert run.agent.wait_for_terminal("sigterm", 60).state == "TASK_KILLED"
+    assert h.wait(60) == 0
+    run.assert_clean()
+
+
+def restart_libvirtd() -> None:
+    pid = int(Path("/run/libvirtd.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    poll_until(lambda: None if Path(f"/proc/{pid}").exists() else True, Deadline.after(30),
+               what="libvirtd to stop")
+    setup = Path(__file__).resolve().parents[2] / "scripts" / "host-setup.sh"
+    subprocess.run([str(setup)], check=True, capture_output=True, timeout=120)
+
+
+def test_a_libvirtd_restart_under_a_running_task_is_survived(run: Run) -> None:
+    """libvirtd restarts while a task runs: the guest keeps running, the executor reconnects, the
+    task finishes and teardown still removes everything."""
+    eid, h = run.executor()
+    run.launch(eid, task("libvirtd-restart", "sleep 12; echo survived"))
+    run.agent.wait_for_state("libvirtd-restart", "TASK_RUNNING", BOOT_S)
+    restart_libvirtd()
+    final = run.agent.wait_for_terminal("libvirtd-restart", 90)
+    assert final.state == "TASK_FINISHED", final.message
+    assert h.wait(60) == 0
+    run.assert_clean()
+
+
+def test_a_guest_that_never_answers_ssh_fails_in_phase_ssh(run: Run, tmp_path: Path, settings: Settings) -> None:
+    """With the guests' SSH port dropped by the host firewall, the task fails naming phase ssh
+    and the guest's console, and nothing is left."""
+    conf = tmp_path / "mesos.conf"
+    source = Path(settings.source or "/etc/vm-isolation/mesos.conf").read_text()
+    conf.write_text(source.replace("ssh_timeout_s = 60", "ssh_timeout_s = 8"))
+    rule = ["OUTPUT", "-o", "virbr0", "-p", "tcp", "--dport", "22", "-m", "comment",
+            "--comment", "vm-isolation-test", "-j", "DROP"]
+    subprocess.run(["iptables", "-I", *rule], check=True)
+    try:
+        eid, h = run.executor(config=conf)
+        run.launch(eid, task("nossh", "true"))
+        final = run.agent.wait_for_terminal("nossh", BOOT_S)
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=True)
+    assert (final.state, final.reason) == ("TASK_FAILED", "REASON_CONTAINER_LAUNCH_FAILED")
+    assert "phase ssh" in (final.message or "") and "VMISO-HOSTKEY" in (final.message or "")
+    assert h.wait(60) == 0
     run.assert_clean()
