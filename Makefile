@@ -53,3 +53,10 @@ BENCH_ARGS ?=
 bench: setup
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
 	$(PY) -m bench --publish $(BENCH_ARGS)
+
+# Soak (not in CI, ~10-20 min): many launches with random KILLs, executor SIGKILLs and a libvirtd
+# restart, then the reaper; prints status and leftover counts. SOAK_ARGS='--launches 20' etc.
+.PHONY: soak
+SOAK_ARGS ?=
+soak: setup
+	$(PY) -m bench.soak $(SOAK_ARGS)
