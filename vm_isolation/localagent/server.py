@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
@@ -37,6 +38,15 @@ class _Server(ThreadingHTTPServer):
         self.core = core
         self.front = front
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A peer that vanished mid-request (an executor SIGKILLed, a dropped stream) is routine
+        for an agent: log it, without socketserver's default traceback on stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("connection from %s ended: %s", client_address, exc)
+        else:
+            log.exception("error while serving %s", client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
