@@ -7,8 +7,8 @@ where the domain never came to exist.
 
 NOTE: libvirt-python prints every error to stderr through its default handler, even errors we
 expect and handle (e.g. "Domain not found" during teardown); the handler is silenced at import.
-NOTE: when libvirtd restarts, an open connection is dead for good; calls reconnect once
-(bounded) before giving up with LibvirtUnavailable.
+NOTE: when libvirtd restarts, an open connection is dead for good; a call then reconnects,
+retrying for up to ``reconnect_s`` (bounded), before giving up with LibvirtUnavailable.
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ import libvirt
 from . import domainxml
 from .domainxml import DomainSpec, Owner
 from .errors import GuestDied, LibvirtUnavailable, NetworkUnavailable, NotFound, VmIsolationError
+from .waiting import SYSTEM_CLOCK, Clock, Deadline, WaitTimeout, poll_until
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
+RECONNECT_S = 20.0
+"""How long calls keep trying to reconnect after libvirtd went away (a restart takes 2-8 s here)."""
 _NO_DOMAIN = {libvirt.VIR_ERR_NO_DOMAIN}
 _CONNECTION_LOST = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC}
 _NOT_RUNNING = {libvirt.VIR_ERR_OPERATION_INVALID}
@@ -76,9 +79,13 @@ class OwnedDomain:
 class LibvirtHypervisor:
     """One libvirt connection, shared by threads (libvirt's client is thread-safe)."""
 
-    def __init__(self, uri: str = "qemu:///system") -> None:
+    def __init__(self, uri: str = "qemu:///system", *, reconnect_s: float = RECONNECT_S,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.uri = uri
+        self.reconnect_s = reconnect_s
+        self._clock = clock
         self._conn: Optional[libvirt.virConnect] = None
+        self._ever_connected = False
         self._lock = threading.Lock()
 
     # --- connection ---------------------------------------------------------------------
@@ -87,15 +94,34 @@ class LibvirtHypervisor:
             if fresh and self._conn is not None:
                 self._close_quietly()
             if self._conn is None:
-                try:
-                    self._conn = libvirt.open(self.uri)
-                except libvirt.libvirtError as exc:
-                    raise LibvirtUnavailable(
-                        f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}. "
-                        f"Start libvirtd (scripts/host-setup.sh does) and check this user may use "
-                        f"its socket"
-                    ) from exc
+                self._conn = self._open()
+                self._ever_connected = True
             return self._conn
+
+    def _open(self) -> libvirt.virConnect:
+        """Open the connection. After a working connection was lost (libvirtd restarting),
+        retry for up to ``reconnect_s``; a libvirtd that never answered fails at once."""
+        last: list[libvirt.libvirtError] = []
+
+        def attempt() -> Optional[libvirt.virConnect]:
+            try:
+                return libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                last[:] = [exc]
+                return None
+
+        window = self.reconnect_s if self._ever_connected else 0.0
+        if window:
+            log.warning("libvirt at %s: reconnecting (for up to %.0f s)", self.uri, window)
+        try:
+            return poll_until(attempt, Deadline.after(window, self._clock), interval_s=0.5,
+                              what=f"libvirt at {self.uri}")
+        except WaitTimeout:
+            exc = last[0]
+            raise LibvirtUnavailable(
+                f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}. "
+                f"Start libvirtd (scripts/host-setup.sh does) and check this user may use its socket"
+            ) from exc
 
     def _close_quietly(self) -> None:
         try:
