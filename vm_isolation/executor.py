@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol
 from .config import MesosEnvironment, Settings
 from .errors import InvalidTask
 from .guest import GuestLauncher
+from .mesos_values import Subscribed
 from .statuses import Reason, TaskState
 from .tasks import parse_task, task_id_of
 from .taskworker import StatusSink, TaskWorker, WorkerContext
@@ -58,8 +59,8 @@ class Executor:
         self.agent = agent
 
     # --- event callbacks (IO thread: never block) ---------------------------------------
-    def on_subscribed(self, info: Any) -> None:
-        self.container_id = str(getattr(info, "container_id", "") or "")
+    def on_subscribed(self, info: Subscribed) -> None:
+        self.container_id = info.container_id
         log.info("subscribed to the agent (container %s)", self.container_id or "?")
 
     def on_launch(self, task: Mapping[str, Any]) -> None:

@@ -23,6 +23,8 @@ from .errors import InvalidTask
 TEMPLATE_NAME = "vmLauncherTemplate.sh.j2"
 STARTED_MARKER = "VMISO-STARTED"
 GUEST_RUN_DIR = "/run/vmiso"
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""PATH for commands in the guest when nothing else sets it (the Mesos agent's default PATH)."""
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,19 @@ so "running" is only ever said once the task's process really exists in the gues
 
 from __future__ import annotations
 
+import logging
 import signal
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .errors import VmIsolationError
 from .guest import Guest
 from .launcher import LaunchSpec, parse_started, render_launcher
 
+log = logging.getLogger(__name__)
 Sink = Callable[[bytes], None]
+GUEST_WATCH_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,29 @@ def run_launcher(
     code = guest.remote.run(f"/bin/sh {script_path}", on_stdout=on_stdout, on_stderr=splitter)
     splitter.flush()
     return ExitStatus(code)
+
+
+def watch_guest(state_of: Callable[[str], Optional[str]], guest: Guest, until: threading.Event,
+                on_lost: Callable[[str], None], interval_s: float = GUEST_WATCH_INTERVAL_S) -> threading.Thread:
+    """Start a thread that, until ``until`` is set, checks every ``interval_s`` that the guest's
+    domain still runs. If it stopped (powered off, crashed, destroyed from outside) it calls
+    ``on_lost(state)`` and closes the guest's SSH session, which ends a run() in progress: the
+    session would otherwise hang until TCP gives up, minutes later."""
+    def watch() -> None:
+        while not until.wait(interval_s):
+            try:
+                state = state_of(guest.name)
+            except VmIsolationError as exc:
+                log.warning("cannot read the state of %s: %s", guest.name, exc)
+                continue
+            if state != "running":
+                on_lost(state or "gone")
+                guest.remote.close()
+                return
+
+    thread = threading.Thread(target=watch, daemon=True, name=f"watch-{guest.name}")
+    thread.start()
+    return thread
 
 
 def signal_task(guest: Guest, pgid: int, signum: int) -> None:

@@ -26,19 +26,17 @@ from .domainxml import Owner
 from .errors import VmIsolationError
 from .guest import Cancelled, Guest, GuestLauncher, GuestRequest, console_tail
 from .ids import domain_name_for
-from .launcher import LaunchSpec
+from .launcher import GUEST_PATH, LaunchSpec
 from .procinfo import own_start_time
 from .statuses import Outcome, Reason, TaskState, outcome_for_error
-from .taskrun import ExitStatus, run_launcher, signal_task
+from .taskrun import ExitStatus, run_launcher, signal_task, watch_guest
 from .tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Agent variables a task in Mesos does not see (they are the executor's credentials / plumbing).
 PRIVATE_VARIABLES = {"MESOS_EXECUTOR_AUTHENTICATION_TOKEN", "MESOS_DOMAIN_SOCKET"}
 DESTROY_AFTER_SIGKILL_S = 2.0
-GUEST_WATCH_INTERVAL_S = 1.0
 
 
 class StatusSink(Protocol):
@@ -132,9 +130,8 @@ class TaskWorker:
                 self._guest = guest
             self._timed("upload", lambda: self._upload(guest), progress)
             run_started = time.monotonic()
-            watchdog = threading.Thread(target=self._watch_guest, args=(guest,), daemon=True,
-                                        name="watch-" + self._thread.name)
-            watchdog.start()
+            watch_guest(self.ctx.launcher.hypervisor.state, guest, self.run_ended,
+                        lambda state: self._guest_stopped(guest, state))
             try:
                 status = run_launcher(guest, self._launch_spec(), on_started=self._on_started,
                                       on_stdout=out, on_stderr=err)
@@ -165,20 +162,9 @@ class TaskWorker:
             return Outcome(TaskState.FINISHED, None, "command exited with status 0")
         return Outcome(TaskState.FAILED, Reason.COMMAND_FAILED, f"command exited with {status.describe()}")
 
-    def _watch_guest(self, guest: Guest) -> None:
-        """While the command runs, notice a guest that stopped (powered off, crashed, destroyed
-        from outside): its SSH session would otherwise hang until TCP gives up, minutes later."""
-        while not self.run_ended.wait(GUEST_WATCH_INTERVAL_S):
-            try:
-                state = self.ctx.launcher.hypervisor.state(guest.name)
-            except VmIsolationError as exc:
-                log.warning("task %s: cannot read the state of %s: %s", self.spec.task_id, guest.name, exc)
-                continue
-            if state != "running":
-                self._guest_lost = f"the guest {guest.name} stopped while the command ran (state {state or 'gone'})"
-                log.error("task %s: %s", self.spec.task_id, self._guest_lost)
-                guest.remote.close()  # ends the run() in progress with SshUnavailable
-                return
+    def _guest_stopped(self, guest: Guest, state: str) -> None:
+        self._guest_lost = f"the guest {guest.name} stopped while the command ran (state {state})"
+        log.error("task %s: %s", self.spec.task_id, self._guest_lost)
 
     def _outcome_for_failure(self, exc: BaseException) -> Outcome:
         if self._guest_lost and self._kill_reason is None:
@@ -241,7 +227,7 @@ class TaskWorker:
         sandbox = self.ctx.settings.executor.guest_sandbox
         env = {k: v for k, v in self.ctx.env.variables.items()
                if k.startswith("MESOS_") and k not in PRIVATE_VARIABLES}
-        env.update(PATH=DEFAULT_PATH, HOME="/root", MESOS_SANDBOX=sandbox, MESOS_DIRECTORY=sandbox,
+        env.update(PATH=GUEST_PATH, HOME="/root", MESOS_SANDBOX=sandbox, MESOS_DIRECTORY=sandbox,
                    MESOS_TASK_ID=self.spec.task_id)
         env.update(self.spec.command.environment)
         cmd = self.spec.command

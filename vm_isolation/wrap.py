@@ -28,13 +28,12 @@ from .domainxml import Owner
 from .errors import HostError, VmIsolationError
 from .guest import Cancelled, Guest, GuestLauncher, GuestRequest
 from .ids import domain_name_for
-from .launcher import LaunchSpec
+from .launcher import GUEST_PATH, LaunchSpec
 from .procinfo import own_start_time
-from .taskrun import run_launcher, signal_task
+from .taskrun import run_launcher, signal_task, watch_guest
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Host paths that mean nothing in the guest, and the shell's own bookkeeping: not passed on.
 HOST_ONLY_VARIABLES = frozenset({"MESOS_DOMAIN_SOCKET", "MESOS_NATIVE_JAVA_LIBRARY", "MESOS_NATIVE_LIBRARY",
                                  "PATH", "HOME", "PWD", "OLDPWD", "SHLVL", "_"})
@@ -78,7 +77,7 @@ def guest_environment(env: MesosEnvironment, *, agent_endpoint: str, guest_ip: s
         LIBPROCESS_IP=guest_ip,
         LIBPROCESS_ADVERTISE_IP=guest_ip,
     )
-    variables.update(PATH=DEFAULT_PATH, HOME="/root")
+    variables.update(PATH=GUEST_PATH, HOME="/root")
     return variables
 
 
@@ -154,8 +153,8 @@ class Wrapper:
         copied = sandbox.upload(guest.remote, self.env.directory, self.settings.executor.guest_sandbox)
         log.info("uploaded %d sandbox file(s) into %s", copied, guest.name)
         spec = self._launch_spec(guest, endpoint)
-        watchdog = threading.Thread(target=self._watch, args=(guest,), daemon=True, name="wrap-watch")
-        watchdog.start()
+        watch_guest(self.launcher.hypervisor.state, guest, self._run_ended,
+                    lambda state: self._guest_stopped(guest, state))
         try:
             status = run_launcher(guest, spec, on_started=self._started, on_stdout=self._out, on_stderr=self._err)
         except VmIsolationError as exc:
@@ -206,16 +205,8 @@ class Wrapper:
         self._pgid = pgid
         log.info("inner executor started in %s (process group %d)", self._guest.name if self._guest else "?", pgid)
 
-    def _watch(self, guest: Guest) -> None:
-        while not self._run_ended.wait(1.0):
-            try:
-                state = self.launcher.hypervisor.state(guest.name)
-            except VmIsolationError:
-                continue
-            if state != "running":
-                self._lost = f"the guest {guest.name} stopped (state {state or 'gone'})"
-                guest.remote.close()
-                return
+    def _guest_stopped(self, guest: Guest, state: str) -> None:
+        self._lost = f"the guest {guest.name} stopped (state {state})"
 
     def _escalate(self) -> None:
         guest, pgid = self._guest, self._pgid

@@ -25,14 +25,13 @@ from ..domainxml import Owner
 from ..errors import VmIsolationError
 from ..guest import GuestRequest
 from ..ids import domain_name_for
-from ..launcher import LaunchSpec
+from ..launcher import GUEST_PATH, LaunchSpec
 from ..procinfo import own_start_time
 from ..taskrun import run_launcher
 from ..wiring import real_launcher
 from .common import configure_logging
 
 log = logging.getLogger("vm-isolation-boot")
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,7 +65,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         executor_start_time=own_start_time()),
         )
         spec = LaunchSpec(
-            workdir=settings.executor.guest_sandbox, env={"PATH": DEFAULT_PATH, "HOME": "/root"},
+            workdir=settings.executor.guest_sandbox, env={"PATH": GUEST_PATH, "HOME": "/root"},
             shell_command=args.shell, executable=None if args.shell else args.argv[0],
             arguments=args.argv,
         )

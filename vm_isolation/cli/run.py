@@ -24,11 +24,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..config import conf_path
-from ..localagent import LocalAgent, StatusRecord
+from ..localagent import TERMINAL_STATES, LocalAgent, StatusRecord
 from ..tasks import IMAGE_LABEL, task_dir_name
 
-TERMINAL = {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_ERROR", "TASK_LOST", "TASK_DROPPED",
-            "TASK_GONE"}
 EXIT_TIMEOUT = 124
 
 
@@ -124,7 +122,7 @@ class _Watcher:
             if final is not None:
                 return final
             with contextlib.suppress(TimeoutError):
-                self.agent.wait_for_state(self.task_id, TERMINAL, 0.1)
+                self.agent.wait_for_state(self.task_id, TERMINAL_STATES, 0.1)
         return self._poll()
 
     def _poll(self) -> Optional[StatusRecord]:
@@ -136,7 +134,7 @@ class _Watcher:
             self.times.setdefault(record.state, elapsed)
             detail = f" {record.reason}" if record.reason else ""
             say(f"[{elapsed:7.2f} s] {record.state}{detail}: {record.message or ''}")
-            if record.state in TERMINAL:
+            if record.state in TERMINAL_STATES:
                 final = record
         return final
 
@@ -161,7 +159,7 @@ def _report(watcher: _Watcher, sandbox: Path, task_id: str) -> None:
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     updates = watcher.agent.updates(task_id)
-    data = next((u.data for u in reversed(updates) if u.state in TERMINAL and u.data), None)
+    data = next((u.data for u in reversed(updates) if u.state in TERMINAL_STATES and u.data), None)
     if data:
         try:
             timings = json.loads(data)
