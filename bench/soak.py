@@ -28,6 +28,7 @@ from typing import Any
 
 from vm_isolation.config import load_settings
 from vm_isolation.hypervisor import LibvirtHypervisor
+from vm_isolation.journal import journals_under
 from vm_isolation.leases import Leases
 from vm_isolation.localagent import TERMINAL_STATES, LocalAgent
 from vm_isolation.reaper import reap
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vm-isolation-soak-", dir="/var/tmp") as work:
         results = run_all(Path(work), plan, args.parallel, rng)
-    report = reap(settings, hv, Leases(hv), orphan_min_age_s=0)
+        # The agent's work dir holds the sandboxes, and the executors' journals in them.
+        report = reap(settings, hv, Leases(hv), orphan_min_age_s=0, journals=journals_under(Path(work)))
     after = snapshot_leftovers(settings, hv)
     leftovers = {k: sorted(after[k] - before[k]) for k in after}
     leases = soak_leases()

@@ -4,6 +4,8 @@
 every resource is registered on an ``ExitStack`` the moment the resource exists, so teardown
 runs in reverse order on every path, errors and cancellation included: the SSH session is
 closed, the domain destroyed, its lease released, its definition, overlay and key removed.
+Each resource is written to the request's journal (:mod:`journal`) before it is created and
+again once it is removed, so a reaper can finish the teardown of an executor that died.
 
 It is written against small Protocols (:class:`Hypervisor`, :class:`Disks`, the SSH connector
 and key factory), so the whole state machine is unit-tested on fakes; the real adapters are
@@ -28,6 +30,7 @@ from .domainxml import DomainSpec, Owner
 from .errors import AddressTimeout, GuestDied, GuestError, SshUnavailable, VmIsolationError
 from .hypervisor import NetworkInfo
 from .ids import DomainName, random_mac
+from .journal import NO_JOURNAL, ResourceJournal
 from .leases import Lease, Leases
 from .waiting import SYSTEM_CLOCK, Clock, Deadline, WaitTimeout, poll_until
 
@@ -114,6 +117,8 @@ class GuestRequest:
     owner: Owner = Owner()
     console_log: Optional[Path] = None
     """Where to keep the serial console; None: the console dir, removed at teardown."""
+    journal: ResourceJournal = NO_JOURNAL
+    """Where each resource is recorded before it is created (the executor's sandbox journal)."""
 
 
 @dataclass
@@ -126,6 +131,7 @@ class Guest:
     remote: RemoteSession
     console_log: Path
     timings: dict[str, float] = field(default_factory=dict)
+    journal: ResourceJournal = NO_JOURNAL
 
     @property
     def ip(self) -> str:
@@ -236,7 +242,7 @@ class _Boot:
         self._timed(Phase.START, lambda: self._start(undo))
         lease = self._timed(Phase.LEASE, lambda: self._wait_lease(stale))
         remote = self._timed(Phase.SSH, lambda: self._ssh(undo, lease, key))
-        return Guest(self.req.name, self.mac, lease, remote, self.console_log, self.timings)
+        return Guest(self.req.name, self.mac, lease, remote, self.console_log, self.timings, self.req.journal)
 
     def _timed(self, phase: Phase, step: Callable[[], _T]) -> _T:
         self._check_cancel()
@@ -254,14 +260,34 @@ class _Boot:
             raise Cancelled(f"boot of {self.req.name} cancelled")
 
     # --- phases ----------------------------------------------------------------------------
+    def _record(self, kind: str, **detail: str) -> None:
+        self.req.journal.creating(kind, self.req.name, task_id=self.req.owner.task_id, **detail)
+
+    def _on_undo(self, undo: ExitStack, kind: str, remove: Callable[[], object]) -> None:
+        """Register ``remove`` for teardown; once it succeeded the journal says ``kind`` is gone.
+
+        A removal that fails is logged and left in the journal for the reaper: it must neither
+        stop the rest of the teardown nor hide the error that ended the guest's life.
+        """
+        def run() -> None:
+            try:
+                remove()
+            except (VmIsolationError, OSError) as exc:
+                log.error("%s: could not remove its %s (%s); vm-isolation-reap will retry",
+                          self.req.name, kind, exc)
+                return
+            self.req.journal.removed(kind, self.req.name)
+        undo.callback(run)
+
     def _overlay(self, undo: ExitStack) -> None:
+        self._record("overlay", path=str(self.overlay_path))
+        self._on_undo(undo, "overlay", lambda: self.l._disks.remove(self.overlay_path))
         self.l._disks.create(self.req.base_image, self.overlay_path)
-        undo.callback(self.l._disks.remove, self.overlay_path)
 
     def _key(self, undo: ExitStack) -> ClientKeyLike:
-        key = self.l._make_key(self.key_dir)
-        undo.callback(shutil.rmtree, self.key_dir, ignore_errors=True)
-        return key
+        self._record("key_dir", path=str(self.key_dir))
+        self._on_undo(undo, "key_dir", lambda: shutil.rmtree(self.key_dir, ignore_errors=True))
+        return self.l._make_key(self.key_dir)
 
     def _define(self, undo: ExitStack, key: ClientKeyLike) -> None:
         if self.req.console_log is None:
@@ -280,10 +306,12 @@ class _Boot:
             console_log=self.console_log,
             owner=replace(self.req.owner, created_at=self.l._wallclock()),
         )
+        self._record("domain")
         self.l.hypervisor.define(spec)
-        undo.callback(self.l.hypervisor.undefine, self.req.name)
+        self._on_undo(undo, "domain", lambda: self.l.hypervisor.undefine(self.req.name))
         # Registered before start, so it runs after destroy: a dead guest cannot renew it.
-        undo.callback(self._release_lease)
+        self._record("lease", mac=self.mac, network=self.network)
+        self._on_undo(undo, "lease", self._release_lease)
 
     def _cmdline(self, key: ClientKeyLike) -> str:
         key_type, key_b64 = key.public_openssh.split()[:2]

@@ -80,9 +80,13 @@ class LibvirtHypervisor:
     """One libvirt connection, shared by threads (libvirt's client is thread-safe)."""
 
     def __init__(self, uri: str = "qemu:///system", *, reconnect_s: float = RECONNECT_S,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 first_connect_s: float = 0.0, clock: Clock = SYSTEM_CLOCK) -> None:
+        """``reconnect_s``: how long to keep trying after a working connection was lost;
+        ``first_connect_s``: the same for the first connection (0: fail at once, for tools an
+        operator runs by hand; the executor waits, as it may start during a libvirtd restart)."""
         self.uri = uri
         self.reconnect_s = reconnect_s
+        self.first_connect_s = first_connect_s
         self._clock = clock
         self._conn: Optional[libvirt.virConnect] = None
         self._ever_connected = False
@@ -99,8 +103,8 @@ class LibvirtHypervisor:
             return self._conn
 
     def _open(self) -> libvirt.virConnect:
-        """Open the connection. After a working connection was lost (libvirtd restarting),
-        retry for up to ``reconnect_s``; a libvirtd that never answered fails at once."""
+        """Open the connection, retrying for up to ``reconnect_s`` after a working connection
+        was lost (libvirtd restarting), ``first_connect_s`` before the first one."""
         last: list[libvirt.libvirtError] = []
 
         def attempt() -> Optional[libvirt.virConnect]:
@@ -110,8 +114,8 @@ class LibvirtHypervisor:
                 last[:] = [exc]
                 return None
 
-        window = self.reconnect_s if self._ever_connected else 0.0
-        if window:
+        window = self.reconnect_s if self._ever_connected else self.first_connect_s
+        if window and self._ever_connected:
             log.warning("libvirt at %s: reconnecting (for up to %.0f s)", self.uri, window)
         try:
             return poll_until(attempt, Deadline.after(window, self._clock), interval_s=0.5,

@@ -70,8 +70,10 @@ def create_overlay(base: Path, overlay: Path) -> Path:
 
 
 def remove_overlay(overlay: Path) -> None:
-    """Delete an overlay; a missing one is fine."""
-    overlay.unlink(missing_ok=True)
+    """Delete an overlay; a missing one is fine (even on a read-only filesystem, where unlink
+    fails with EROFS before it looks the name up)."""
+    if os.path.lexists(overlay):
+        overlay.unlink()
 
 
 def _qemu_img(args: list[str], *, what: str, error: type[Exception]) -> str:

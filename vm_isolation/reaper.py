@@ -9,6 +9,12 @@ overlay, its SSH key directory and its DHCP lease. :func:`reap` finds and remove
   a zombie, or alive but started at another time than ``executor_start_time`` (pid reused).
   Each is destroyed and undefined, the leases of its MACs released, and its overlay
   ``<overlay_dir>/<name>.qcow2`` and key directory ``<key_dir>/<name>`` deleted.
+* **journal entries** (:mod:`journal`): an executor records each resource in its sandbox
+  before creating it. For a journal whose owner is gone, every overlay, key directory and
+  DHCP lease it created and never removed is removed, unless a domain of that name is still
+  defined (then the domain's own metadata decides). This covers a crash between creating the
+  overlay and defining the domain, without waiting ``orphan_min_age_s``, and leases whose
+  domain is already gone.
 * **orphaned files**: ``<overlay_dir>/vmiso-*.qcow2`` and ``<key_dir>/vmiso-*`` with no
   defined domain of that name, older than ``orphan_min_age_s`` (a booting guest's overlay and
   key exist a few milliseconds before its domain is defined).
@@ -31,17 +37,19 @@ executors run in (the host's, in the usual set-up), or it will see every owner a
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Protocol
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
 from .config import Settings
 from .errors import VmIsolationError
 from .hypervisor import OwnedDomain
 from .ids import is_our_domain_name
+from .journal import read_journal
 from .leases import Lease
 from .procinfo import stat_fields
 
@@ -103,6 +111,7 @@ class Kind(enum.StrEnum):
     DOMAIN = "domain"
     OVERLAY = "overlay"
     KEY_DIR = "key_dir"
+    LEASE = "lease"
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,7 @@ class Leftover:
     name: str
     reason: str
     path: str = ""
-    """The file or directory (overlays and key directories)."""
+    """The file or directory (overlays and key directories); the IP (leases)."""
     macs: tuple[str, ...] = ()
     owner: Optional[dict[str, Any]] = None
     """The domain's Owner metadata, as a dict."""
@@ -151,6 +160,7 @@ def reap(
     only_framework_id: Optional[str] = None,
     orphan_files: Optional[bool] = None,
     orphan_min_age_s: float = DEFAULT_ORPHAN_MIN_AGE_S,
+    journals: Iterable[Path] = (),
     dry_run: bool = False,
     wallclock: Callable[[], float] = time.time,
 ) -> ReapReport:
@@ -159,7 +169,8 @@ def reap(
     ``only_executor_id``/``only_framework_id`` restrict the domains considered to one
     executor's (what an executor calls at start-up); ``orphan_files`` (default: only when no
     such restriction is given) also scans the overlay and key directories for files of no
-    domain. Never raises for one leftover: failures are collected in ``report.errors``.
+    domain; ``journals`` are sandbox journals to finish the teardown of. Never raises for one
+    leftover: failures are collected in ``report.errors``.
     """
     report = ReapReport(dry_run=dry_run)
     procs = processes or ProcProcessTable()
@@ -174,9 +185,17 @@ def reap(
             report.found.append(leftover)
             if not dry_run:
                 _remove_domain(settings, hypervisor, leases, leftover, report)
+    for journal in journals:
+        for leftover, remove in _from_journal(settings, hypervisor, leases, journal, procs, report):
+            report.found.append(leftover)
+            if not dry_run:
+                remove()
     if orphan_files if orphan_files is not None else (only_executor_id is None and only_framework_id is None):
         listed = {d.name for d in domains}
+        seen = {leftover.path for leftover in report.found if leftover.path}
         for leftover in _orphan_files(settings, hypervisor, orphan_min_age_s, wallclock(), listed, report):
+            if leftover.path in seen:
+                continue
             report.found.append(leftover)
             if not dry_run:
                 _remove_orphan_file(settings, hypervisor, leftover, report)
@@ -239,6 +258,62 @@ def _overlay_path(settings: Settings, name: str) -> Path:
 
 def _key_path(settings: Settings, name: str) -> Path:
     return settings.vm.key_dir / name
+
+
+def _from_journal(settings: Settings, hypervisor: DomainTable, leases: LeaseBook, path: Path,
+                  procs: ProcessTable, report: ReapReport) -> Iterator[tuple[Leftover, Callable[[], None]]]:
+    """What ``path`` says its dead owner created and never removed, each with its removal."""
+    try:
+        journal = read_journal(path)
+    except OSError as exc:
+        report.errors.append(f"cannot read the journal {path}: {exc.strerror or exc}")
+        return
+    for problem in journal.problems:
+        log.warning("%s", problem)
+    owner = journal.owner
+    if owner is None or owner.executor_pid <= 0:
+        report.kept.append(f"{path}: records no owner pid; left alone")
+        return
+    if procs.is_alive(owner.executor_pid, owner.executor_start_time):
+        report.kept.append(f"{path}: owner pid {owner.executor_pid} is alive")
+        return
+    for res in journal.outstanding:
+        if res.kind in ("domain", "launcher") or not is_our_domain_name(res.domain):
+            continue  # a defined domain is judged by its metadata; a launcher lives in the overlay
+        if _defined(hypervisor, res.domain, report):
+            report.kept.append(f"{path}: {res.kind} of {res.domain} left to its domain, which is defined")
+            continue
+        reason = (f"recorded in {path} by executor pid {owner.executor_pid} (gone); "
+                  f"no domain {res.domain} is defined")
+        if res.kind == "lease":
+            yield from _journal_leases(settings, leases, res.domain, res.mac, res.network, reason, report)
+            continue
+        kind = Kind.OVERLAY if res.kind == "overlay" else Kind.KEY_DIR
+        expected = _overlay_path(settings, res.domain) if kind is Kind.OVERLAY else _key_path(settings, res.domain)
+        if res.path != str(expected):
+            report.errors.append(f"{path}: {res.path!r} is not where vm-isolation puts a {res.kind}; left alone")
+        elif expected.exists() or expected.is_symlink():
+            yield Leftover(kind, res.domain, reason, path=str(expected)), functools.partial(_delete, expected, report)
+
+
+def _journal_leases(settings: Settings, leases: LeaseBook, name: str, mac: str, network: str, reason: str,
+                    report: ReapReport) -> Iterator[tuple[Leftover, Callable[[], None]]]:
+    """The leases of ``mac`` the guest ``name`` holds: its DHCP client sends its domain name as
+    hostname, so a journal naming a MAC that another guest now uses releases nothing."""
+    network = network or settings.libvirt.network
+    try:
+        found = [lease for lease in leases.all_for(network, mac) if lease.hostname == name]
+    except VmIsolationError as exc:
+        report.errors.append(f"{name}: cannot read the leases of {mac}: {exc}")
+        return
+    for lease in found:
+        def release(lease: Lease = lease) -> None:
+            try:
+                leases.release(network, lease)
+                report.removed.append(f"released lease {lease.ip} ({mac}) of {name}")
+            except VmIsolationError as exc:
+                report.errors.append(f"{name}: cannot release the lease of {mac}: {exc}")
+        yield Leftover(Kind.LEASE, name, reason, path=lease.ip, macs=(mac,)), release
 
 
 def _orphan_files(settings: Settings, hypervisor: DomainTable, min_age_s: float, now: float,

@@ -88,6 +88,8 @@ def run_launcher(
 ) -> ExitStatus:
     """Upload ``spec``'s launcher, run it to completion, return the task's exit status."""
     script_path = f"/tmp/vmiso-launch-{spec.nonce}.sh"
+    # Inside the guest, so it goes with the overlay; recorded so the journal is complete.
+    guest.journal.creating("launcher", guest.name, path=script_path)
     guest.remote.put(render_launcher(spec).encode(), script_path, mode=0o700)
     splitter = _MarkerSplitter(spec.nonce, on_started, on_stderr)
     code = guest.remote.run(f"/bin/sh {script_path}", on_stdout=on_stdout, on_stderr=splitter)

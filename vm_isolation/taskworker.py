@@ -26,6 +26,7 @@ from .domainxml import Owner
 from .errors import VmIsolationError
 from .guest import Cancelled, Guest, GuestLauncher, GuestRequest, console_tail
 from .ids import domain_name_for
+from .journal import NO_JOURNAL, ResourceJournal
 from .launcher import GUEST_PATH, LaunchSpec
 from .procinfo import own_start_time
 from .statuses import Outcome, Reason, TaskState, outcome_for_error
@@ -53,6 +54,7 @@ class WorkerContext:
     container_id: str = ""
     mirror_stdout: Optional[Callable[[bytes], None]] = None
     mirror_stderr: Optional[Callable[[bytes], None]] = None
+    journal: ResourceJournal = NO_JOURNAL
 
 
 class TaskWorker:
@@ -221,6 +223,7 @@ class TaskWorker:
                         task_id=self.spec.task_id, container_id=self.ctx.container_id,
                         executor_pid=os.getpid(), executor_start_time=own_start_time()),
             console_log=self.task_dir / "console.log",
+            journal=self.ctx.journal,
         )
 
     def _launch_spec(self) -> LaunchSpec:

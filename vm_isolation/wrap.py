@@ -28,6 +28,7 @@ from .domainxml import Owner
 from .errors import HostError, VmIsolationError
 from .guest import Cancelled, Guest, GuestLauncher, GuestRequest
 from .ids import domain_name_for
+from .journal import NO_JOURNAL, ResourceJournal
 from .launcher import GUEST_PATH, LaunchSpec
 from .procinfo import own_start_time
 from .taskrun import run_launcher, signal_task, watch_guest
@@ -101,7 +102,7 @@ class Wrapper:
 
     def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher, command: InnerCommand,
                  *, bridge_address: Callable[[], str], out: Callable[[bytes], None],
-                 err: Callable[[bytes], None]) -> None:
+                 err: Callable[[bytes], None], journal: ResourceJournal = NO_JOURNAL) -> None:
         self.settings = settings
         self.env = env
         self.launcher = launcher
@@ -109,6 +110,7 @@ class Wrapper:
         self._bridge_address = bridge_address
         self._out = out
         self._err = err
+        self._journal = journal
         self._cancel = threading.Event()
         self._run_ended = threading.Event()
         self._guest: Optional[Guest] = None
@@ -233,5 +235,6 @@ class Wrapper:
             owner=Owner(framework_id=self.env.framework_id, executor_id=self.env.executor_id,
                         task_id="", executor_pid=os.getpid(), executor_start_time=own_start_time()),
             console_log=self.env.directory / "console.log",
+            journal=self._journal,
         )
 

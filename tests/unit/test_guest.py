@@ -10,9 +10,11 @@ import pytest
 
 from tests.unit.fakes import FakeConnector, FakeDisks, FakeHypervisor, fake_key_factory
 from vm_isolation.config import Settings, VmSettings
+from vm_isolation.domainxml import Owner
 from vm_isolation.errors import AddressTimeout, GuestDied, NetworkUnavailable, SshAuthError
 from vm_isolation.guest import Cancelled, GuestLauncher, GuestRequest, host_key_from_console
 from vm_isolation.ids import DomainName
+from vm_isolation.journal import Journal, read_journal
 from vm_isolation.leases import Leases
 from vm_isolation.waiting import FakeClock
 
@@ -145,3 +147,72 @@ def test_only_the_first_announced_host_key_is_trusted(tmp_path: Path) -> None:
     console.write_bytes(b"noise\r\nVMISO-HOSTKEY ssh-ed25519 AAAAreal\nVMISO-HOSTKEY ssh-ed25519 AAAAfake\n")
     assert host_key_from_console(console) == "ssh-ed25519 AAAAreal"
     assert host_key_from_console(tmp_path / "missing") is None
+
+
+class RecordingJournal:
+    """Writes journal records into the same list the fake hypervisor logs its calls to."""
+
+    def __init__(self, log: list[tuple[str, str]]) -> None:
+        self.log = log
+
+    def creating(self, kind: str, domain: str, **detail: str) -> None:
+        self.log.append((f"journal create {kind}", domain))
+
+    def removed(self, kind: str, domain: str) -> None:
+        self.log.append((f"journal remove {kind}", domain))
+
+
+def test_each_resource_is_journaled_before_it_is_created_and_after_it_is_removed(world: World) -> None:
+    log = world.hv.calls
+    create, remove = world.disks.create, world.disks.remove
+    world.disks.create = lambda base, path: (log.append(("overlay create", NAME)), create(base, path))[1]  # type: ignore[method-assign]
+    world.disks.remove = lambda path: (log.append(("overlay remove", NAME)), remove(path))[1]  # type: ignore[method-assign]
+    with world.launcher.boot(replace(world.request, journal=RecordingJournal(log))):
+        pass
+    assert [call for call, _ in log] == [
+        "journal create overlay", "overlay create", "journal create key_dir", "journal create domain",
+        "define", "journal create lease", "start",
+        "destroy", "journal remove lease", "undefine", "journal remove domain", "journal remove key_dir",
+        "overlay remove", "journal remove overlay"]
+    world.assert_nothing_left()
+
+
+def test_a_real_journal_is_empty_of_outstanding_resources_after_teardown(world: World) -> None:
+    journal = Journal(world.tmp / "journal.jsonl", Owner(executor_pid=1))
+    with world.launcher.boot(replace(world.request, journal=journal)) as guest:
+        assert {r.kind for r in read_journal(journal.path).outstanding} == {"overlay", "key_dir", "domain", "lease"}
+        assert guest.journal is journal
+    assert read_journal(journal.path).outstanding == []
+
+
+def test_a_resource_whose_creation_failed_stays_outstanding_only_if_it_may_exist(tmp_path: Path) -> None:
+    """define raising: the overlay and key are removed (and journaled so); the domain's record
+    stays open, which is harmless (the reaper asks libvirt whether it exists)."""
+    hv = FakeHypervisor()
+    world = World(tmp_path, hv)
+    journal = Journal(tmp_path / "journal.jsonl", Owner(executor_pid=1))
+
+    def refuse(spec: object) -> None:
+        raise NetworkUnavailable("libvirt said no")
+
+    hv.define = refuse  # type: ignore[method-assign]
+    with pytest.raises(NetworkUnavailable), world.launcher.boot(replace(world.request, journal=journal)):
+        pass
+    assert [r.kind for r in read_journal(journal.path).outstanding] == ["domain"]
+    world.assert_nothing_left()
+
+
+def test_a_failed_removal_is_left_in_the_journal_and_hides_neither_the_error_nor_the_rest(world: World) -> None:
+    """An overlay that cannot be deleted: the caller's own error still surfaces, every other
+    resource is still removed, and the journal keeps the overlay for the reaper."""
+    journal = Journal(world.tmp / "journal.jsonl", Owner(executor_pid=1))
+
+    def refuse(path: Path) -> None:
+        raise OSError(30, "Read-only file system", str(path))
+
+    world.disks.remove = refuse  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="task failed"), \
+            world.launcher.boot(replace(world.request, journal=journal)):
+        raise RuntimeError("task failed")
+    assert [r.kind for r in read_journal(journal.path).outstanding] == ["overlay"]
+    assert world.hv.domains == {} and not (world.tmp / "keys" / NAME).exists()

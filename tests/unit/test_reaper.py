@@ -15,6 +15,7 @@ from vm_isolation.config import Settings, VmSettings
 from vm_isolation.domainxml import Owner
 from vm_isolation.errors import VmIsolationError
 from vm_isolation.hypervisor import OwnedDomain
+from vm_isolation.journal import Journal
 from vm_isolation.leases import Lease
 from vm_isolation.reaper import Kind, ProcProcessTable, reap
 
@@ -64,6 +65,7 @@ class FakeLeases:
 
     def release(self, network: str, lease: Lease) -> None:
         self.released.append(lease)
+        self.by_mac[lease.mac] = [x for x in self.by_mac.get(lease.mac, []) if x != lease]
 
 
 @dataclass
@@ -108,8 +110,8 @@ def later() -> float:
     return time.time() + 60
 
 
-def lease(mac: str, ip: str = "192.168.122.9") -> Lease:
-    return Lease(mac, ip, "h", 2e9, "", "libvirt-api")
+def lease(mac: str, ip: str = "192.168.122.9", hostname: str = "h") -> Lease:
+    return Lease(mac, ip, hostname, 2e9, "", "libvirt-api")
 
 
 def test_a_domain_of_a_dead_executor_is_destroyed_undefined_and_its_files_and_lease_removed(
@@ -292,3 +294,78 @@ def test_the_cli_prints_json_and_exits_1_only_when_a_removal_failed(
     assert cli.main(["--dry-run", "--json", "--min-age", "5"]) == code
     assert json.loads(capsys.readouterr().out)["errors"] == errors
     assert seen["dry_run"] is True and seen["orphan_min_age_s"] == 5.0
+
+
+MAC = "52:54:00:0a:0b:0c"
+
+
+def journal_of(tmp_path: Path, settings: Settings, name: str, pid: int = 777, start: str = "4242",
+               overlay: Optional[str] = None) -> Path:
+    """The journal an executor (pid, start) left after creating ``name``'s resources."""
+    journal = Journal(tmp_path / "sandbox" / "journal.jsonl", Owner(executor_id="exec-1", executor_pid=pid,
+                                                                     executor_start_time=start))
+    journal.creating("overlay", name, path=overlay or str(settings.vm.overlay_dir / f"{name}.qcow2"))
+    journal.creating("key_dir", name, path=str(settings.vm.key_dir / name))
+    journal.creating("domain", name)
+    journal.creating("lease", name, mac=MAC, network=NETWORK)
+    journal.creating("launcher", name, path="/tmp/vmiso-launch-1.sh")
+    journal.close()
+    return journal.path
+
+
+def test_a_dead_executors_journal_finishes_its_teardown_at_once(settings: Settings, tmp_path: Path) -> None:
+    """Crash after the overlay and key existed but with no domain defined (or one already
+    undefined): the journal's overlay, key dir and lease go at once, with no minimum age; a
+    lease of the same MAC held by another hostname is not released."""
+    overlay, key_dir = files_of(settings, DEAD_NAME)
+    mine, other = lease(MAC, "192.168.122.7", DEAD_NAME), lease(MAC, "192.168.122.8", "someone-else")
+    leases = FakeLeases({MAC: [mine, other]})
+    report = reap(settings, FakeDomains([]), leases, processes=FakeProcesses(), orphan_files=False,
+                  journals=[journal_of(tmp_path, settings, DEAD_NAME)])
+    assert [(f.kind, f.path) for f in report.found] == [
+        (Kind.OVERLAY, str(overlay)), (Kind.KEY_DIR, str(key_dir)), (Kind.LEASE, "192.168.122.7")]
+    assert not overlay.exists() and not key_dir.exists()
+    assert leases.released == [mine] and report.ok
+
+
+def test_a_journal_whose_owner_is_alive_or_whose_domain_is_defined_is_left_alone(
+        settings: Settings, tmp_path: Path) -> None:
+    overlay, key_dir = files_of(settings, DEAD_NAME)
+    leases = FakeLeases({MAC: [lease(MAC, hostname=DEAD_NAME)]})
+    alive = reap(settings, FakeDomains([]), leases, processes=FakeProcesses({777: "4242"}),
+                 orphan_files=False, journals=[journal_of(tmp_path, settings, DEAD_NAME)])
+    assert alive.found == [] and alive.kept[-1].endswith("owner pid 777 is alive")
+    defined = reap(settings, FakeDomains([], others=(DEAD_NAME,)), leases, processes=FakeProcesses(),
+                   orphan_files=False, journals=[journal_of(tmp_path, settings, DEAD_NAME)])
+    assert defined.found == [] and overlay.exists() and key_dir.exists() and leases.released == []
+
+
+def test_a_journal_naming_a_path_we_never_create_deletes_nothing(settings: Settings, tmp_path: Path) -> None:
+    """The sandbox is not ours alone: a journal cannot steer the reaper at arbitrary files."""
+    victim = tmp_path / "precious"
+    victim.write_text("keep me")
+    report = reap(settings, FakeDomains([]), FakeLeases(), processes=FakeProcesses(), orphan_files=False,
+                  journals=[journal_of(tmp_path, settings, DEAD_NAME, overlay=str(victim))])
+    assert victim.read_text() == "keep me"
+    assert any("not where vm-isolation puts" in e for e in report.errors)
+
+
+def test_a_dry_run_over_a_journal_lists_and_keeps(settings: Settings, tmp_path: Path) -> None:
+    overlay, key_dir = files_of(settings, DEAD_NAME)
+    report = reap(settings, FakeDomains([]), FakeLeases(), processes=FakeProcesses(), orphan_files=False,
+                  journals=[journal_of(tmp_path, settings, DEAD_NAME)], dry_run=True)
+    assert {f.kind for f in report.found} == {Kind.OVERLAY, Kind.KEY_DIR}
+    assert overlay.exists() and key_dir.exists() and report.removed == []
+
+
+def test_an_unreadable_journal_is_an_error_not_a_crash(settings: Settings, tmp_path: Path) -> None:
+    report = reap(settings, FakeDomains([]), FakeLeases(), processes=FakeProcesses(), orphan_files=False,
+                  journals=[tmp_path / "missing.jsonl"])
+    assert report.errors and "cannot read the journal" in report.errors[0]
+
+
+def test_journal_files_are_not_reported_twice_by_the_orphan_scan(settings: Settings, tmp_path: Path) -> None:
+    overlay, key_dir = files_of(settings, DEAD_NAME)
+    report = reap(settings, FakeDomains([]), FakeLeases(), processes=FakeProcesses(), orphan_min_age_s=0,
+                  wallclock=later, journals=[journal_of(tmp_path, settings, DEAD_NAME)], dry_run=True)
+    assert sorted(f.path for f in report.found) == sorted([str(overlay), str(key_dir)])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -27,18 +28,22 @@ from typing import BinaryIO, Callable, Optional
 
 from ..accel import resolve_domain_type
 from ..config import MesosEnvironment, Settings, load_settings, mesos_environment
+from ..domainxml import Owner
 from ..errors import VmIsolationError
 from ..executor import Executor
 from ..guest import GuestLauncher
 from ..hostnet import bridge_ipv4
 from ..hypervisor import LibvirtHypervisor
+from ..journal import Journal, earlier_runs
 from ..leases import Leases
+from ..procinfo import own_start_time
 from ..reaper import reap
 from ..wiring import real_launcher
 from ..wrap import InnerCommand, Wrapper
 from .common import configure_logging
 
 log = logging.getLogger("vm-isolation-executor")
+FIRST_CONNECT_S = 15.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,18 +74,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _check(settings)
     try:
         env = mesos_environment()
+        journal = Journal.in_sandbox(env.directory, Owner(
+            framework_id=env.framework_id, executor_id=env.executor_id, container_id=env.directory.name,
+            executor_pid=os.getpid(), executor_start_time=own_start_time()))
     except VmIsolationError as exc:
         log.error("%s", exc)
         return 1
-    hypervisor = LibvirtHypervisor(settings.libvirt.uri)
+    # Started by the agent at any time, maybe while libvirtd restarts (2-8 s): wait a little.
+    hypervisor = LibvirtHypervisor(settings.libvirt.uri, first_connect_s=FIRST_CONNECT_S)
     _reap_earlier_run(settings, hypervisor, env)
     launcher = real_launcher(settings, hypervisor)
     if args.wrap:
-        return _wrap(settings, env, launcher, hypervisor, InnerCommand(tuple(inner), args.shell, args.tunnel))
+        return _wrap(settings, env, launcher, hypervisor, InnerCommand(tuple(inner), args.shell, args.tunnel),
+                     journal)
     # Imported here: pymesos must be imported on the main thread, and only when serving.
     from ..mesos import AgentConnection
 
-    executor = Executor(settings, env, launcher,
+    executor = Executor(settings, env, launcher, journal=journal,
                         mirror_stdout=_mirror(sys.stdout.buffer), mirror_stderr=_mirror(sys.stderr.buffer))
     connection = AgentConnection(env, executor)
     executor.attach(connection)
@@ -96,14 +106,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _wrap(settings: Settings, env: MesosEnvironment, launcher: GuestLauncher, hypervisor: LibvirtHypervisor,
-          command: InnerCommand) -> int:
+          command: InnerCommand, journal: Journal) -> int:
     if bool(command.argv) == (command.shell is not None):
         log.error("--wrap needs the inner executor either after -- (argv) or as --shell 'COMMAND'")
         return 2
     bridge = hypervisor.network(settings.libvirt.network).bridge
     wrapper = Wrapper(settings, env, launcher, command,
                       bridge_address=lambda: bridge_ipv4(bridge),
-                      out=_mirror(sys.stdout.buffer), err=_mirror(sys.stderr.buffer))
+                      out=_mirror(sys.stdout.buffer), err=_mirror(sys.stderr.buffer), journal=journal)
     _on_sigterm(wrapper.terminate)
     log.info("wrap mode: executor %s of framework %s, agent %s", env.executor_id, env.framework_id,
              env.agent_endpoint)
@@ -113,9 +123,10 @@ def _wrap(settings: Settings, env: MesosEnvironment, launcher: GuestLauncher, hy
 
 
 def _reap_earlier_run(settings: Settings, hypervisor: LibvirtHypervisor, env: MesosEnvironment) -> None:
-    """Remove what an earlier, crashed run of this same executor left behind."""
+    """Remove what an earlier, crashed run of this same executor left behind: its domains (by
+    their owner metadata) and whatever its journal (a sibling run directory) lists."""
     try:
-        report = reap(settings, hypervisor, Leases(hypervisor),
+        report = reap(settings, hypervisor, Leases(hypervisor), journals=earlier_runs(env.directory),
                       only_executor_id=env.executor_id, only_framework_id=env.framework_id)
     except VmIsolationError as exc:
         log.warning("could not check for leftovers of an earlier run: %s", exc)

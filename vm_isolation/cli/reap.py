@@ -1,9 +1,11 @@
 """vm-isolation-reap: remove the guests, overlays, keys and leases of executors that died.
 
     vm-isolation-reap [--dry-run] [--json] [--config PATH] [--min-age SECONDS]
+                      [--work-dir DIR] [--journal PATH ...]
 
 Only domains vm-isolation created (owner metadata and a vmiso- name) whose owning executor is
-gone are touched, plus overlays and key directories of no domain. Exit status: 0 when nothing
+gone are touched, plus overlays and key directories of no domain, plus what the sandbox
+journals of dead executors list (under the agent's --work_dir, and any --journal given). Exit status: 0 when nothing
 was found or everything found was removed (or, with --dry-run, listed), 1 when a removal
 failed, 2 when the configuration or libvirt is unusable.
 """
@@ -20,11 +22,13 @@ from typing import Optional
 from ..config import load_settings
 from ..errors import VmIsolationError
 from ..hypervisor import LibvirtHypervisor
+from ..journal import journals_under
 from ..leases import Leases
 from ..reaper import DEFAULT_ORPHAN_MIN_AGE_S, ReapReport, reap
 from .common import configure_logging
 
 log = logging.getLogger("vm-isolation-reap")
+DEFAULT_AGENT_WORK_DIR = Path("/var/lib/mesos")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-age", type=float, default=DEFAULT_ORPHAN_MIN_AGE_S, metavar="SECONDS",
                    help="leave overlays/keys of no domain younger than this (a guest may be booting; "
                         f"default {DEFAULT_ORPHAN_MIN_AGE_S:g})")
+    p.add_argument("--work-dir", type=Path, default=DEFAULT_AGENT_WORK_DIR, metavar="DIR",
+                   help="the Mesos agent's --work_dir, whose executor sandboxes hold journals "
+                        f"(default {DEFAULT_AGENT_WORK_DIR}; skipped if absent)")
+    p.add_argument("--journal", type=Path, action="append", default=[], metavar="PATH",
+                   help="also finish the teardown this journal records (repeatable)")
     return p
 
 
@@ -48,8 +57,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     hypervisor = LibvirtHypervisor(settings.libvirt.uri)
     try:
+        journals = dict.fromkeys([*journals_under(args.work_dir), *args.journal])
         report = reap(settings, hypervisor, Leases(hypervisor), orphan_min_age_s=args.min_age,
-                      dry_run=args.dry_run)
+                      journals=journals, dry_run=args.dry_run)
     finally:
         hypervisor.close()
     if args.json:

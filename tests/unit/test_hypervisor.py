@@ -1,0 +1,32 @@
+"""How long the libvirt adapter keeps trying to connect, on a socket nobody listens on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vm_isolation.errors import LibvirtUnavailable
+from vm_isolation.hypervisor import LibvirtHypervisor
+from vm_isolation.waiting import FakeClock
+
+
+def nobody(tmp_path: Path) -> str:
+    return f"qemu+unix:///system?socket={tmp_path}/no-libvirtd.sock"
+
+
+def test_a_tool_fails_at_once_when_libvirtd_is_not_there(tmp_path: Path) -> None:
+    clock = FakeClock()
+    hv = LibvirtHypervisor(nobody(tmp_path), clock=clock)
+    with pytest.raises(LibvirtUnavailable, match="Start libvirtd"):
+        hv.state("vmiso-x-0123456789")
+    assert sum(clock.sleeps) == 0
+
+
+def test_the_executor_waits_its_first_connect_window_before_giving_up(tmp_path: Path) -> None:
+    """first_connect_s: a libvirtd restarting while the agent starts the executor is waited for."""
+    clock = FakeClock()
+    hv = LibvirtHypervisor(nobody(tmp_path), first_connect_s=15.0, clock=clock)
+    with pytest.raises(LibvirtUnavailable, match="no-libvirtd.sock"):
+        hv.state("vmiso-x-0123456789")
+    assert sum(clock.sleeps) == pytest.approx(15.0)
