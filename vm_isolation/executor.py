@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Mapping, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from .config import MesosEnvironment, Settings
 from .errors import InvalidTask
 from .guest import GuestLauncher
+from .journal import NO_JOURNAL, ResourceJournal
 from .mesos_values import Subscribed
 from .statuses import Reason, TaskState
 from .tasks import parse_task, task_id_of
@@ -41,11 +42,13 @@ class Executor:
 
     def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher,
                  *, mirror_stdout: Optional[Callable[[bytes], None]] = None,
-                 mirror_stderr: Optional[Callable[[bytes], None]] = None) -> None:
+                 mirror_stderr: Optional[Callable[[bytes], None]] = None,
+                 journal: ResourceJournal = NO_JOURNAL) -> None:
         self.settings = settings
         self.env = env
         self.launcher = launcher
         self._mirrors = (mirror_stdout, mirror_stderr)
+        self._journal = journal
         self.agent: Optional[AgentLink] = None
         self.container_id = ""
         self.workers: dict[str, TaskWorker] = {}
@@ -70,8 +73,16 @@ class Executor:
                 self._reply(task_id, TaskState.KILLED, Reason.EXECUTOR_TERMINATED,
                             "the executor is shutting down")
                 return
-            if task_id in self.workers:
-                log.warning("ignoring a second LAUNCH of task %r, which is already known", task_id)
+            known = self.workers.get(task_id)
+            if known is not None and known.finished.is_set():
+                ended = known.terminal_state.value if known.terminal_state else "?"
+                self._reply(task_id, TaskState.ERROR, Reason.TASK_INVALID,
+                            f"task id {task_id!r} was already used by this executor (that task ended "
+                            f"{ended}); launch with a new task id")
+                return
+            if known is not None:
+                # No status for it: the agent and the framework would take it for the running task's.
+                log.warning("ignoring a second LAUNCH of task %r, which is still running", task_id)
                 return
             try:
                 spec = parse_task(task, self.settings)
@@ -81,14 +92,17 @@ class Executor:
                 return
             assert self.agent is not None
             ctx = WorkerContext(self.settings, self.env, self.launcher, self.agent, self.container_id,
-                                *self._mirrors)
+                                *self._mirrors, journal=self._journal)
             worker = TaskWorker(spec, ctx, on_done=self._worker_done)
             self.workers[task_id] = worker
             self._pending += 1
         worker.start()
 
-    def on_launch_group(self, tasks: list[Mapping[str, Any]]) -> None:
+    def on_launch_group(self, tasks: Sequence[Mapping[str, Any]]) -> None:
         for task in tasks:
+            if task_id_of(task) in self.workers:
+                log.warning("ignoring task %r of a LAUNCH_GROUP: that id is already known", task_id_of(task))
+                continue
             self._reply(task_id_of(task), TaskState.ERROR, Reason.TASK_INVALID,
                         "vm-isolation-executor runs one task per guest and does not accept task "
                         "groups: launch the tasks one by one (LAUNCH, not LAUNCH_GROUP)")

@@ -39,7 +39,7 @@ import random
 import signal
 import sys
 import threading
-from typing import Any, Callable, Mapping, NoReturn, Optional
+from typing import Callable, NoReturn, Optional
 
 import pymesos
 import pymesos.process as pymesos_process
@@ -59,7 +59,6 @@ from .mesos_values import (
     new_status,
     parse_subscribed,
     reconnect_delay_s,
-    task_id_of,
 )
 from .waiting import SYSTEM_CLOCK, Clock, Deadline
 
@@ -307,19 +306,17 @@ class _Driver(MesosExecutorDriver):  # type: ignore[misc]  # pymesos ships no ty
         self._events.on_subscribed(info)
 
     def on_launch(self, payload: JsonDict) -> None:
-        # NOTE: pymesos asserts that the task ID is new (killing its IO thread).
+        # NOTE: pymesos asserts that the task ID is new (killing its IO thread). A repeated ID
+        # keeps its first TaskInfo in the ledger and still goes to the executor, which decides.
         task = payload["task"]
-        if self._ledger.launched(task):
-            self._events.on_launch(task)
-        else:
-            logger.warning("ignoring a second LAUNCH of task %s", task_id_of(task))
+        self._ledger.launched(task)
+        self._events.on_launch(task)
 
     def on_launch_group(self, payload: JsonDict) -> None:
-        tasks: list[Mapping[str, Any]] = [
-            task for task in payload["task_group"]["tasks"] if self._ledger.launched(task)
-        ]
-        if tasks:
-            self._events.on_launch_group(tasks)
+        tasks: list[JsonDict] = payload["task_group"]["tasks"]
+        for task in tasks:
+            self._ledger.launched(task)
+        self._events.on_launch_group(tasks)
 
     def on_kill(self, payload: JsonDict) -> None:
         # NOTE: pymesos passes only the task ID and drops the kill policy.

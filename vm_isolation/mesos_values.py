@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Mapping, Optional, Protocol
+from typing import Any, Callable, Collection, Mapping, Optional, Protocol, Sequence
 
 from .waiting import SYSTEM_CLOCK, Clock, Deadline
 
@@ -69,7 +69,7 @@ class ExecutorEvents(Protocol):
     def on_launch(self, task: Mapping[str, Any]) -> None:
         """LAUNCH: ``task`` is the raw TaskInfo JSON (plain dicts and lists)."""
 
-    def on_launch_group(self, tasks: list[Mapping[str, Any]]) -> None:
+    def on_launch_group(self, tasks: Sequence[Mapping[str, Any]]) -> None:
         """LAUNCH_GROUP: the TaskInfos of the group (those not launched before)."""
 
     def on_kill(self, task_id: str, grace_s: Optional[float]) -> None:

@@ -6,6 +6,7 @@ ends by asserting that nothing it created is left: no domain, overlay, key or le
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -57,6 +58,9 @@ class Leftovers:
             "domains": {d.name for d in owned},
             "overlays": {p.name for p in vm.overlay_dir.glob("*.qcow2")},
             "keys": {p.name for p in vm.key_dir.iterdir()} if vm.key_dir.exists() else set(),
+            # Our guests' DHCP clients send their domain name as hostname.
+            "leases": {f"{x.hostname} {x.ip} {x.mac}"
+                       for x in self.hv.dhcp_leases(self.settings.libvirt.network)},
         }
 
     def leases_of(self, macs: set[str]) -> list[str]:
@@ -68,9 +72,17 @@ class Leftovers:
         """Nothing new since ``before`` among names starting with ``prefixes`` (the names this
         test's guests can have: other processes on the host may boot guests meanwhile)."""
         starts = tuple(prefixes)
-        after = self.snapshot()
-        new = {kind: {n for n in after[kind] - before[kind] if n.startswith(starts)} for kind in after}
-        assert new == {"domains": set(), "overlays": set(), "keys": set()}, new
+
+        def new_since() -> dict[str, set[str]]:
+            after = self.snapshot()
+            return {kind: {n for n in after[kind] - before[kind] if n.startswith(starts)} for kind in after}
+
+        nothing = {"domains": set(), "overlays": set(), "keys": set(), "leases": set()}
+        with contextlib.suppress(WaitTimeout):  # then the assert below says what is left
+            # dnsmasq drops a released lease when it processes dhcp_release: wait for that.
+            poll_until(lambda: True if new_since() == nothing else None, Deadline.after(10),
+                       what="nothing left behind")
+        assert new_since() == nothing
         wanted = set(macs)
         if wanted:
             # dnsmasq drops a released lease when it processes dhcp_release: wait for that.

@@ -14,8 +14,9 @@ from typing import Iterator
 import pytest
 
 from tests.real.conftest import Leftovers
-from tests.real.test_executor_e2e import BOOT_S, Run, task
+from tests.real.test_executor_e2e import BOOT_S, Run, executor_command, task
 from vm_isolation.config import Settings
+from vm_isolation.journal import journal_path, read_journal
 from vm_isolation.localagent import LocalAgent
 from vm_isolation.waiting import Deadline, poll_until
 
@@ -41,18 +42,72 @@ def test_a_guest_powered_off_from_outside_fails_the_task(run: Run, settings: Set
     run.assert_clean()
 
 
-def test_a_missing_base_image_fails_the_task_with_the_fix(run: Run, tmp_path: Path, settings: Settings) -> None:
-    """A configured base image that does not exist gives TASK_FAILED naming the build command."""
-    conf = tmp_path / "mesos.conf"
+def config_with(settings: Settings, tmp_path: Path, old: str, new: str) -> Path:
+    """The test configuration with one line replaced."""
     source = Path(settings.source or "/etc/vm-isolation/mesos.conf").read_text()
-    conf.write_text(source.replace("path = busybox.qcow2", f"path = {tmp_path}/missing.qcow2"))
-    eid, h = run.executor(config=conf)
-    info = task("noimage", "true")
-    run.launch(eid, info)
-    final = run.agent.wait_for_terminal("noimage", 60)
+    assert old in source, old
+    conf = tmp_path / "mesos.conf"
+    conf.write_text(source.replace(old, new))
+    return conf
+
+
+@pytest.fixture
+def tiny_mount(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (make test runs as root), unmounted after the test."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def broken_image(tmp_path: Path, settings: Settings, how: str) -> Path:
+    image = tmp_path / f"{how}.qcow2"
+    if how == "missing":
+        return image
+    if how == "truncated":
+        image.write_bytes(settings.images.base("busybox").read_bytes()[:100])
+    else:  # a raw disk image where a qcow2 is configured
+        image.write_bytes(b"\0" * 65536)
+    return image
+
+
+@pytest.mark.parametrize(("how", "says"), [("missing", "build-image"), ("truncated", "qcow2"),
+                                           ("raw", "qemu-img convert")])
+def test_an_unusable_base_image_fails_the_task_naming_the_fix(run: Run, tmp_path: Path, settings: Settings,
+                                                              how: str, says: str) -> None:
+    """A base image that is missing, cut short or not qcow2 gives TASK_FAILED naming what to do,
+    before any guest exists."""
+    image = broken_image(tmp_path, settings, how)
+    eid, h = run.executor(config=config_with(settings, tmp_path, "path = busybox.qcow2", f"path = {image}"))
+    run.launch(eid, task(f"image-{how}", "true"))
+    final = run.agent.wait_for_terminal(f"image-{how}", 60)
     assert (final.state, final.reason) == ("TASK_FAILED", "REASON_CONTAINER_LAUNCH_FAILED"), final.message
-    assert "build-image" in (final.message or "")
+    assert says in (final.message or ""), final.message
     assert h.wait(60) == 0
+    run.assert_clean()
+
+
+@pytest.mark.parametrize(("how", "says"), [("read-only", "not writable"), ("full", "full")])
+def test_an_unwritable_overlay_directory_fails_the_task_naming_it(run: Run, tmp_path: Path, settings: Settings,
+                                                                  tiny_mount: Path, how: str, says: str) -> None:
+    """The overlay directory on a read-only or full filesystem (a real tmpfs): TASK_FAILED
+    naming the directory, and nothing written there."""
+    if how == "read-only":
+        subprocess.run(["mount", "-o", "remount,ro", str(tiny_mount)], check=True)
+    else:
+        with open(tiny_mount / "filler", "wb") as fh, pytest.raises(OSError):
+            fh.write(b"\0" * (2 << 20))
+    conf = config_with(settings, tmp_path, f"overlay_dir = {settings.vm.overlay_dir}", f"overlay_dir = {tiny_mount}")
+    eid, h = run.executor(config=conf)
+    run.launch(eid, task(f"overlay-{how}", "true"))
+    final = run.agent.wait_for_terminal(f"overlay-{how}", 60)
+    assert (final.state, final.reason) == ("TASK_FAILED", "REASON_CONTAINER_LAUNCH_FAILED"), final.message
+    assert says in (final.message or "") and str(tiny_mount) in (final.message or ""), final.message
+    assert h.wait(60) == 0
+    assert not [p for p in tiny_mount.iterdir() if p.name.startswith("vmiso-")]
     run.assert_clean()
 
 
@@ -64,23 +119,41 @@ def reap_cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("when", ["TASK_STARTING", "TASK_RUNNING"])
 def test_sigkill_of_the_executor_leaves_work_for_the_reaper_which_removes_it(run: Run, when: str) -> None:
     """SIGKILL of the executor (while booting, while running): the agent reports TASK_FAILED
-    'Executor terminated', and vm-isolation-reap then removes the guest, overlay, key and lease."""
+    'Executor terminated'; the sandbox journal lists what was created and not removed. While
+    running, vm-isolation-reap (reading the agent's work dir) removes the guest, overlay, key and
+    lease; while booting, the next run of the same executor does it at start-up."""
     task_id = f"sigkill-{when[5:].lower()}"
     eid, h = run.executor()
     run.launch(eid, task(task_id, "sleep 600"))
     run.agent.wait_for_state(task_id, when, BOOT_S)
+    if when == "TASK_STARTING":  # wait until the boot created something, so there is work left
+        poll_until(lambda: read_journal(journal_path(h.sandbox)).outstanding or None, Deadline.after(30),
+                   what="the first journaled resource")
     os.kill(h.pid, signal.SIGKILL)
     final = run.agent.wait_for_terminal(task_id, 60)
     assert (final.state, final.reason, final.message) == (
         "TASK_FAILED", "REASON_EXECUTOR_TERMINATED", "Executor terminated")
-    listed = reap_cli("--dry-run", "--json")
-    assert listed.returncode == 0, listed.stderr
-    if when == "TASK_RUNNING":  # the guest outlived its executor (qemu is libvirtd's child)
+    left = read_journal(journal_path(h.sandbox))
+    assert left.owner is not None and left.owner.executor_pid == h.pid
+    assert all(r.domain.startswith(f"vmiso-{task_id}-") for r in left.outstanding)
+    if when == "TASK_RUNNING":
+        assert {r.kind for r in left.outstanding} == {"overlay", "key_dir", "domain", "lease", "launcher"}
+        listed = reap_cli("--dry-run", "--json", "--work-dir", str(run.agent.work_dir))
+        assert listed.returncode == 0, listed.stderr
+        # the guest outlived its executor (qemu is libvirtd's child)
         found = [f["name"] for f in json.loads(listed.stdout)["found"] if f["kind"] == "domain"]
         assert any(name.startswith(f"vmiso-{task_id}-") for name in found), found
-    reaped = reap_cli("--json")
-    assert reaped.returncode == 0, reaped.stderr
-    assert json.loads(reaped.stdout)["errors"] == []
+        reaped = reap_cli("--json", "--work-dir", str(run.agent.work_dir))
+        assert reaped.returncode == 0, reaped.stderr
+        assert json.loads(reaped.stdout)["errors"] == []
+    else:
+        again = run.agent.launch_executor(eid, executor_command(None))
+        poll_until(lambda: [c.get("type") for c in run.agent.calls_received(eid)].count("SUBSCRIBE") >= 2 or None,
+                   Deadline.after(60), what="the executor's second run to subscribe")
+        run.agent.shutdown_executor(eid)
+        assert again.wait(60) == 0
+        assert again.sandbox != h.sandbox
+        assert read_journal(journal_path(again.sandbox)).outstanding == []
     run.assert_clean()
 
 
@@ -120,9 +193,7 @@ def test_a_libvirtd_restart_under_a_running_task_is_survived(run: Run) -> None:
 def test_a_guest_that_never_answers_ssh_fails_in_phase_ssh(run: Run, tmp_path: Path, settings: Settings) -> None:
     """With the guests' SSH port dropped by the host firewall, the task fails naming phase ssh
     and the guest's console, and nothing is left."""
-    conf = tmp_path / "mesos.conf"
-    source = Path(settings.source or "/etc/vm-isolation/mesos.conf").read_text()
-    conf.write_text(source.replace("ssh_timeout_s = 60", "ssh_timeout_s = 8"))
+    conf = config_with(settings, tmp_path, "ssh_timeout_s = 60", "ssh_timeout_s = 8")
     rule = ["OUTPUT", "-o", "virbr0", "-p", "tcp", "--dport", "22", "-m", "comment",
             "--comment", "vm-isolation-test", "-j", "DROP"]
     subprocess.run(["iptables", "-I", *rule], check=True)
@@ -135,4 +206,43 @@ def test_a_guest_that_never_answers_ssh_fails_in_phase_ssh(run: Run, tmp_path: P
     assert (final.state, final.reason) == ("TASK_FAILED", "REASON_CONTAINER_LAUNCH_FAILED")
     assert "phase ssh" in (final.message or "") and "VMISO-HOSTKEY" in (final.message or "")
     assert h.wait(60) == 0
+    run.assert_clean()
+
+
+def test_duplicate_task_ids_and_kills_for_unknown_tasks_never_start_or_stop_the_wrong_guest(run: Run) -> None:
+    """The agent answers a KILL for a task it does not know itself (TASK_LOST, 'Cannot find
+    executor') and refuses a duplicate id. When a faulty agent passes them on anyway: a second
+    LAUNCH of a running task starts no second guest and changes no status, a KILL for an unknown
+    task is ignored, and reusing the id of a finished task gives TASK_ERROR naming the fix."""
+    eid, h = run.executor()
+    run.launch(eid, task("dup", "sleep 600"))
+    run.launch(eid, task("once", "true"))
+    run.agent.wait_for_state("dup", "TASK_RUNNING", BOOT_S)
+
+    run.agent.kill_task(eid, "nosuch")
+    lost = run.agent.wait_for_terminal("nosuch", 10)
+    assert (lost.state, lost.reason, lost.message) == (
+        "TASK_LOST", "REASON_EXECUTOR_TERMINATED", "Cannot find executor")
+    with pytest.raises(ValueError, match="already in use"):
+        run.agent.launch_task(eid, task("dup", "echo impostor"))
+
+    assert run.agent.inject_unchecked(eid, {"type": "KILL", "kill": {"task_id": {"value": "nosuch-2"}}})
+    assert run.agent.inject_unchecked(eid, {"type": "LAUNCH", "launch": {"task": task("dup", "echo impostor")}})
+    poll_until(lambda: "ignoring a second LAUNCH of task 'dup'" in (h.sandbox / "stderr").read_text() or None,
+               Deadline.after(10), what="the executor to log the duplicate")
+    assert "KILL for unknown task 'nosuch-2'" in (h.sandbox / "stderr").read_text()
+    domains = [n for n in run.leftovers.snapshot()["domains"] - run.before["domains"] if n.startswith("vmiso-dup-")]
+    assert len(domains) == 1, domains
+
+    assert run.agent.wait_for_terminal("once", BOOT_S).state == "TASK_FINISHED"
+    assert run.agent.inject_unchecked(eid, {"type": "LAUNCH", "launch": {"task": task("once", "true")}})
+    again = run.agent.wait_for_state("once", "TASK_ERROR", 10)
+    assert again.reason == "REASON_TASK_INVALID" and "already used by this executor" in (again.message or "")
+
+    assert run.states("dup") == ["TASK_STARTING", "TASK_RUNNING"]
+    run.agent.kill_task(eid, "dup")
+    assert run.agent.wait_for_terminal("dup", 30).state == "TASK_KILLED"
+    assert "impostor" not in run.task_file(h, "dup", "stdout")
+    assert h.wait(60) == 0
+    assert run.agent.updates("nosuch-2") == []
     run.assert_clean()

@@ -19,7 +19,7 @@ import threading
 import time
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar
 
 import pytest
 
@@ -73,7 +73,7 @@ class RecordingExecutor:
         self.record("launch", task_id=task_id)
         self.connection.send_update(task_id, "TASK_RUNNING")
 
-    def on_launch_group(self, tasks: list[Mapping[str, Any]]) -> None:
+    def on_launch_group(self, tasks: Sequence[Mapping[str, Any]]) -> None:
         self.record("launch_group", task_ids=[t["task_id"]["value"] for t in tasks])
 
     def on_kill(self, task_id: str, grace_s: Optional[float]) -> None:
@@ -366,7 +366,7 @@ class Recorder:
     def on_launch(self, task: Mapping[str, Any]) -> None:
         self.calls.append("launch")
 
-    def on_launch_group(self, tasks: list[Mapping[str, Any]]) -> None:
+    def on_launch_group(self, tasks: Sequence[Mapping[str, Any]]) -> None:
         self.calls.append("launch_group")
 
     def on_kill(self, task_id: str, grace_s: Optional[float]) -> None:

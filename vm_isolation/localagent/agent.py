@@ -8,6 +8,7 @@ executor process tree still running.
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import uuid
@@ -162,6 +163,23 @@ class LocalAgent:
     def kill_task(self, executor_id: str, task_id: str, grace_period_s: Optional[float] = None) -> None:
         """Send KILL (with ``kill_policy.grace_period`` if given), or kill a still-queued task here."""
         self._lifecycle.kill_task(executor_id, task_id, grace_period_s)
+
+    def inject_unchecked(self, executor_id: str, event: Mapping[str, Any]) -> bool:
+        """Fault injection: put ``event`` on the executor's stream as is, skipping every check the
+        agent makes first (a second LAUNCH of a task id it runs, a KILL for a task it does not
+        know). A real agent never does this; tests use it to see the executor cope with a faulty
+        one. A LAUNCH's TaskInfo gets the agent id and ExecutorInfo filled in, as the agent would.
+        False if the executor has no open stream."""
+        sent = copy.deepcopy(dict(event))
+        with self._core.lock:
+            run = self._core.runs.get(executor_id)
+            if run is None:
+                raise ValueError(f"no executor {executor_id!r} was launched on this agent")
+            task = sent.get("launch", {}).get("task")
+            if isinstance(task, dict):
+                task["agent_id"] = {"value": self._core.config.agent_id}
+                task.setdefault("executor", copy.deepcopy(run.info))
+            return self._core.send(run, sent)
 
     def shutdown_executor(self, executor_id: str) -> None:
         """SHUTDOWN now, SIGKILL to the executor's process tree after its grace period."""

@@ -1,0 +1,147 @@
+"""The executor's event routing on fakes: a faulty agent's duplicate LAUNCH or stray KILL
+never starts a second guest, never changes a running task's status, never raises."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import pytest
+
+from tests.unit.fakes import FakeDisks, FakeHypervisor, FakeRemote, fake_key_factory
+from vm_isolation.config import MesosEnvironment, Settings, VmSettings
+from vm_isolation.executor import Executor
+from vm_isolation.guest import GuestLauncher
+from vm_isolation.leases import Leases
+from vm_isolation.waiting import Deadline, poll_until
+
+WAIT_S = 10.0
+
+
+class FakeAgent:
+    """Records status updates; acknowledges each at once."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[str, str, Optional[str]]] = []
+        self.lock = threading.Lock()
+
+    def send_update(self, task_id: str, state: str, *, reason: Optional[str] = None,
+                    message: Optional[str] = None, data: Optional[bytes] = None) -> bytes:
+        with self.lock:
+            self.updates.append((task_id, state, message))
+        return b"u" * 16
+
+    def wait_acknowledged(self, uuid: bytes, timeout_s: float) -> bool:
+        return True
+
+    def states(self, task_id: str) -> list[str]:
+        with self.lock:
+            return [state for tid, state, _ in self.updates if tid == task_id]
+
+    def wait_for(self, task_id: str, state: str) -> None:
+        poll_until(lambda: state in self.states(task_id) or None, Deadline.after(WAIT_S),
+                   what=f"{task_id} {state}")
+
+
+class Guests:
+    """A connector whose sessions run a launcher script as the real one would start: the start
+    marker first, then the command 'runs' until its task is released (``sleep`` commands) or
+    ends at once (anything else)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def __call__(self, host: str, *, host_key: str, client_key: object, deadline: object) -> FakeRemote:
+        return FakeRemote(host, host_key, handler=self._run)
+
+    def _run(self, remote: FakeRemote, command: str, out: Callable[[bytes], None],
+             err: Callable[[bytes], None]) -> int:
+        launched = re.fullmatch(r"/bin/sh (/tmp/vmiso-launch-(\w+)\.sh)", command)
+        if launched is None:
+            return 0  # mkdir of the sandbox
+        script = remote.files[launched.group(1)].decode()
+        err(f"VMISO-STARTED {launched.group(2)} 100\n".encode())
+        if "sleep" in script:
+            self.release.wait(WAIT_S)
+        out(b"ran\n")
+        return 0
+
+
+World = tuple[Executor, FakeAgent, FakeHypervisor, Guests]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    settings = replace(Settings(), vm=VmSettings(overlay_dir=tmp_path / "o", key_dir=tmp_path / "k",
+                                                 console_dir=tmp_path))
+    hv = FakeHypervisor()
+    guests = Guests()
+    launcher = GuestLauncher(settings, hv, Leases(hv, status_dir=tmp_path / "none", release_command="true"),
+                             domain_type="qemu", connect=guests, make_key=fake_key_factory, disks=FakeDisks())
+    env = MesosEnvironment(framework_id="fw", executor_id="ex", agent_endpoint="127.0.0.1:5051",
+                           directory=tmp_path / "sandbox", checkpoint=False, shutdown_grace_period_s=5,
+                           subscription_backoff_max_s=2, recovery_timeout_s=60)
+    env.directory.mkdir()
+    executor = Executor(settings, env, launcher)
+    agent = FakeAgent()
+    executor.attach(agent)
+    yield executor, agent, hv, guests
+    guests.release.set()
+
+
+def task(task_id: str, command: str) -> dict[str, Any]:
+    return {"task_id": {"value": task_id}, "name": task_id,
+            "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 1}},
+                          {"name": "mem", "type": "SCALAR", "scalar": {"value": 128}}],
+            "data": base64.b64encode(json.dumps({"value": command}).encode()).decode()}
+
+
+def defines(hv: FakeHypervisor) -> int:
+    return sum(1 for call, _ in hv.calls if call == "define")
+
+
+def test_a_second_launch_of_a_running_task_is_ignored(world: World) -> None:
+    """No second guest, and no status for the id: any would be taken for the running task's."""
+    executor, agent, hv, guests = world
+    executor.on_launch(task("dup", "sleep 60"))
+    agent.wait_for("dup", "TASK_RUNNING")
+    executor.on_launch(task("dup", "echo impostor"))
+    assert defines(hv) == 1 and agent.states("dup") == ["TASK_STARTING", "TASK_RUNNING"]
+    guests.release.set()
+    assert executor.wait(WAIT_S) == 0
+    assert agent.states("dup") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"] and defines(hv) == 1
+
+
+def test_reusing_the_id_of_a_finished_task_is_a_task_error(world: World) -> None:
+    executor, agent, hv, guests = world
+    executor.on_launch(task("keep", "sleep 60"))  # keeps the executor from exiting
+    executor.on_launch(task("once", "true"))
+    agent.wait_for("once", "TASK_FINISHED")
+    executor.on_launch(task("once", "true"))
+    agent.wait_for("once", "TASK_ERROR")
+    message = [m for tid, state, m in agent.updates if (tid, state) == ("once", "TASK_ERROR")][0]
+    assert message is not None and "already used" in message and "new task id" in message
+    assert defines(hv) == 2
+    guests.release.set()
+    assert executor.wait(WAIT_S) == 0
+
+
+def test_a_kill_for_an_unknown_or_finished_task_changes_nothing(world: World) -> None:
+    executor, agent, hv, guests = world
+    executor.on_kill("never-launched", 1.0)
+    executor.on_launch(task("busy", "sleep 60"))
+    executor.on_launch(task("done", "true"))
+    agent.wait_for("done", "TASK_FINISHED")
+    agent.wait_for("busy", "TASK_RUNNING")
+    executor.on_kill("done", 1.0)
+    executor.on_kill("never-launched", None)
+    guests.release.set()
+    assert executor.wait(WAIT_S) == 0
+    assert agent.states("done") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+    assert agent.states("busy") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+    assert agent.states("never-launched") == []
