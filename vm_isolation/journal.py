@@ -167,6 +167,8 @@ def read_journal(path: Path) -> JournalState:
                     k: str(record[k]) for k in ("task_id", "path", "mac", "network") if k in record})
             elif op == "remove":
                 live.pop((kind, domain), None)
+                if kind == "overlay":  # the launcher script lived on the guest's overlay
+                    live.pop(("launcher", domain), None)
             else:
                 state.problems.append(f"{path}:{number}: unknown record {str(op)[:40]!r}; skipped")
     state.outstanding = list(live.values())

@@ -16,6 +16,7 @@ import pytest
 from tests.real.conftest import Leftovers
 from vm_isolation.config import conf_path
 from vm_isolation.ids import name_prefix
+from vm_isolation.journal import journal_path, read_journal
 from vm_isolation.localagent import LocalAgent
 from vm_isolation.tasks import task_dir_name
 
@@ -95,6 +96,9 @@ def test_a_command_finishes_and_its_output_lands_in_the_sandbox(run: Run, tmp_pa
     timings = json.loads(final.data or b"{}")
     assert {"overlay", "define", "start", "lease", "ssh", "upload", "run"} <= set(timings)
     assert h.wait(60) == 0
+    journal = read_journal(journal_path(h.sandbox))
+    assert journal.owner is not None and journal.owner.executor_pid == h.pid
+    assert journal.outstanding == [] and journal.problems == []
     run.assert_clean()
 
 

@@ -18,6 +18,7 @@ from vm_isolation.guest import GuestRequest
 from vm_isolation.hostnet import bridge_ipv4
 from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.ids import domain_name_for, name_prefix
+from vm_isolation.journal import journal_path, read_journal
 from vm_isolation.localagent import LocalAgent
 from vm_isolation.waiting import Deadline, poll_until
 from vm_isolation.wiring import real_launcher
@@ -63,6 +64,8 @@ def test_the_framework_executor_runs_in_the_guest_and_reports_itself(
     assert facts["cwd"] == "/mnt/mesos/sandbox"
     assert h.wait(60) == 0
     assert json.loads((h.sandbox / "result.txt").read_text())["boot_id"] == facts["boot_id"]
+    journal = read_journal(journal_path(h.sandbox))  # everything created was journaled and removed
+    assert journal.owner is not None and journal.owner.executor_id == eid and journal.outstanding == []
     leftovers.assert_none_since(before, prefixes=[name_prefix(eid)])
 
 

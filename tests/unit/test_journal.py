@@ -109,3 +109,13 @@ def test_the_journal_lines_are_json_with_a_timestamp(tmp_path: Path) -> None:
     journal.close()
     lines = [json.loads(line) for line in (tmp_path / "j").read_text().splitlines()]
     assert lines[1] == {"op": "create", "kind": "domain", "domain": NAME, "task_id": "t", "t": 12.346}
+
+
+def test_a_launcher_goes_with_its_guests_overlay(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j", OWNER)
+    journal.creating("overlay", NAME, path="/o")
+    journal.creating("launcher", NAME, path="/tmp/vmiso-launch-1.sh")
+    assert [r.kind for r in read_journal(journal.path).outstanding] == ["overlay", "launcher"]
+    journal.removed("overlay", NAME)
+    journal.close()
+    assert read_journal(journal.path).outstanding == []
