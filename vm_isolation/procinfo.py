@@ -30,3 +30,25 @@ def start_time(pid: int, proc: Path = PROC) -> str:
 
 def own_start_time() -> str:
     return start_time(os.getpid())
+
+
+class ProcProcessTable:
+    """Which owners are alive, read from ``/proc`` (the reaper's ``ProcessTable``)."""
+
+    def __init__(self, proc: Path = PROC) -> None:
+        self._proc = proc
+
+    def is_alive(self, pid: int, start_time: str) -> bool:
+        if pid <= 0:
+            return False
+        try:
+            rest = stat_fields(pid, self._proc)
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        except OSError:
+            return True  # cannot tell: never reap what might still be owned
+        if not rest or rest[0] in ("Z", "X"):
+            return False  # a zombie executor is gone; only its parent has not reaped it yet
+        if not start_time:
+            return True
+        return len(rest) > 19 and rest[19] == start_time

@@ -28,7 +28,7 @@ socket can write, so only the exact paths we would have created are deleted); na
 It is written against small Protocols (:class:`DomainTable`, :class:`LeaseBook`,
 :class:`ProcessTable`) so it is unit-tested on fakes; the real adapters are
 :class:`~vm_isolation.hypervisor.LibvirtHypervisor`, :class:`~vm_isolation.leases.Leases` and
-:class:`ProcProcessTable`.
+:class:`~vm_isolation.procinfo.ProcProcessTable`.
 
 NOTE: liveness is judged by pid in *this* pid namespace. Run the reaper in the namespace the
 executors run in (the host's, in the usual set-up), or it will see every owner as dead.
@@ -51,7 +51,7 @@ from .hypervisor import OwnedDomain
 from .ids import is_our_domain_name
 from .journal import read_journal
 from .leases import Lease
-from .procinfo import stat_fields
+from .procinfo import ProcProcessTable
 
 log = logging.getLogger(__name__)
 
@@ -81,28 +81,6 @@ class ProcessTable(Protocol):
     def is_alive(self, pid: int, start_time: str) -> bool:
         """True if ``pid`` runs and (when ``start_time`` is known) started at ``start_time``."""
         ...
-
-
-class ProcProcessTable:
-    """:class:`ProcessTable` read from ``/proc``."""
-
-    def __init__(self, proc: Path = Path("/proc")) -> None:
-        self._proc = proc
-
-    def is_alive(self, pid: int, start_time: str) -> bool:
-        if pid <= 0:
-            return False
-        try:
-            rest = stat_fields(pid, self._proc)
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-        except OSError:
-            return True  # cannot tell: never reap what might still be owned
-        if not rest or rest[0] in ("Z", "X"):
-            return False  # a zombie executor is gone; only its parent has not reaped it yet
-        if not start_time:
-            return True
-        return len(rest) > 19 and rest[19] == start_time
 
 
 # --- the report ------------------------------------------------------------------------------

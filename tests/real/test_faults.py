@@ -51,18 +51,6 @@ def config_with(settings: Settings, tmp_path: Path, old: str, new: str) -> Path:
     return conf
 
 
-@pytest.fixture
-def tiny_mount(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs (make test runs as root), unmounted after the test."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def broken_image(tmp_path: Path, settings: Settings, how: str) -> Path:
     image = tmp_path / f"{how}.qcow2"
     if how == "missing":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Optional
@@ -105,20 +104,6 @@ def test_a_truncated_base_image_is_refused(base: Path, tmp_path: Path) -> None:
     broken.write_bytes(base.read_bytes()[:100])
     with pytest.raises(ImageError):
         inspect_base(broken)
-
-
-@pytest.fixture
-def tiny_mount(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A 1 MiB tmpfs; needs root (make test runs as root), yields its path, unmounts after."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting a tmpfs needs root: run the suite as root, as make test does")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_read_only_overlay_directory_is_a_storage_error(base: Path, tiny_mount: Path) -> None:

@@ -17,7 +17,8 @@ from vm_isolation.errors import VmIsolationError
 from vm_isolation.hypervisor import OwnedDomain
 from vm_isolation.journal import Journal
 from vm_isolation.leases import Lease
-from vm_isolation.reaper import Kind, ProcProcessTable, reap
+from vm_isolation.procinfo import ProcProcessTable
+from vm_isolation.reaper import Kind, reap
 
 NOW = 1_000_000.0
 DEAD_NAME = "vmiso-job-0123456789"
