@@ -286,7 +286,7 @@ class _Boot:
 
     def _key(self, undo: ExitStack) -> ClientKeyLike:
         self._record("key_dir", path=str(self.key_dir))
-        self._on_undo(undo, "key_dir", lambda: shutil.rmtree(self.key_dir, ignore_errors=True))
+        self._on_undo(undo, "key_dir", self._remove_key_dir)
         return self.l._make_key(self.key_dir)
 
     def _define(self, undo: ExitStack, key: ClientKeyLike) -> None:
@@ -384,6 +384,10 @@ class _Boot:
                 f"{self.req.name} stopped while booting (state {state or 'gone'})",
                 phase=self.phase.value, console_tail=console_tail(self.console_log),
             )
+
+    def _remove_key_dir(self) -> None:
+        if self.key_dir.exists():  # key creation may have failed before making it
+            shutil.rmtree(self.key_dir)
 
     def _release_lease(self) -> None:
         lease = self.lease or self.l.leases.current(self.network, self.mac)

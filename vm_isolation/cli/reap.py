@@ -5,9 +5,9 @@
 
 Only domains vm-isolation created (owner metadata and a vmiso- name) whose owning executor is
 gone are touched, plus overlays and key directories of no domain, plus what the sandbox
-journals of dead executors list (under the agent's --work_dir, and any --journal given). Exit status: 0 when nothing
-was found or everything found was removed (or, with --dry-run, listed), 1 when a removal
-failed, 2 when the configuration or libvirt is unusable.
+journals of dead executors list (under the agent's --work_dir, and any --journal given).
+Exit status: 0 when nothing was found or everything found was removed (or, with --dry-run,
+listed), 1 when a removal failed, 2 when the configuration or libvirt is unusable.
 """
 
 from __future__ import annotations
