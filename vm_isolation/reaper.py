@@ -223,11 +223,21 @@ def _remove_domain(settings: Settings, hypervisor: DomainTable, leases: LeaseBoo
 def _release_leases(network: str, leases: LeaseBook, name: str, macs: Iterable[str], report: ReapReport) -> None:
     for mac in macs:
         try:
-            for lease in leases.all_for(network, mac):
-                leases.release(network, lease)
-                report.removed.append(f"released lease {lease.ip} ({mac}) of {name}")
+            found = leases.all_for(network, mac)
         except VmIsolationError as exc:
             report.errors.append(f"{name}: cannot release the lease of {mac}: {exc}")
+            continue
+        for lease in found:
+            _release_lease(network, leases, name, mac, lease, report)
+
+
+def _release_lease(network: str, leases: LeaseBook, name: str, mac: str, lease: Lease, report: ReapReport) -> None:
+    try:
+        leases.release(network, lease)
+    except VmIsolationError as exc:
+        report.errors.append(f"{name}: cannot release the lease of {mac}: {exc}")
+        return
+    report.removed.append(f"released lease {lease.ip} ({mac}) of {name}")
 
 
 def _overlay_path(settings: Settings, name: str) -> Path:
@@ -285,13 +295,8 @@ def _journal_leases(settings: Settings, leases: LeaseBook, name: str, mac: str, 
         report.errors.append(f"{name}: cannot read the leases of {mac}: {exc}")
         return
     for lease in found:
-        def release(lease: Lease = lease) -> None:
-            try:
-                leases.release(network, lease)
-                report.removed.append(f"released lease {lease.ip} ({mac}) of {name}")
-            except VmIsolationError as exc:
-                report.errors.append(f"{name}: cannot release the lease of {mac}: {exc}")
-        yield Leftover(Kind.LEASE, name, reason, path=lease.ip, macs=(mac,)), release
+        yield (Leftover(Kind.LEASE, name, reason, path=lease.ip, macs=(mac,)),
+               functools.partial(_release_lease, network, leases, name, mac, lease, report))
 
 
 def _orphan_files(settings: Settings, hypervisor: DomainTable, min_age_s: float, now: float,
