@@ -70,6 +70,8 @@ class VmSettings:
     overlay_dir: Path = Path("/var/lib/vm-isolation/overlays")
     key_dir: Path = Path("/run/vm-isolation/keys")
     console_dir: Path = Path("/var/log/vm-isolation")
+    owner_dir: Path = Path("/run/vm-isolation/owners")
+    """Where each executor keeps its locked owner file (:mod:`ownership`)."""
     memory_floor_mib: int = 128
     default_memory_mib: int = 256
     max_memory_mib: int = 16384
@@ -108,7 +110,7 @@ class Settings:
 _INT_KEYS = {"memory_floor_mib", "default_memory_mib", "max_memory_mib", "max_vcpus"}
 _FLOAT_KEYS = {"boot_timeout_s", "ssh_timeout_s", "kill_grace_s", "ack_timeout_s", "wrap_boot_budget_s"}
 _BOOL_KEYS = {"wrap_copy_back"}
-_PATH_KEYS = {"overlay_dir", "key_dir", "console_dir"}
+_PATH_KEYS = {"overlay_dir", "key_dir", "console_dir", "owner_dir"}
 _SECTIONS = {
     "libvirt": LibvirtSettings,
     "images": None,  # handled by _images

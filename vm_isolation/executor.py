@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from .config import MesosEnvironment, Settings
+from .domainxml import Owner
 from .errors import InvalidTask
 from .guest import GuestLauncher
 from .journal import NO_JOURNAL, ResourceJournal
@@ -43,12 +44,13 @@ class Executor:
     def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher,
                  *, mirror_stdout: Optional[Callable[[bytes], None]] = None,
                  mirror_stderr: Optional[Callable[[bytes], None]] = None,
-                 journal: ResourceJournal = NO_JOURNAL) -> None:
+                 journal: ResourceJournal = NO_JOURNAL, owner: Optional[Owner] = None) -> None:
         self.settings = settings
         self.env = env
         self.launcher = launcher
         self._mirrors = (mirror_stdout, mirror_stderr)
         self._journal = journal
+        self._owner = owner or Owner()
         self.agent: Optional[AgentLink] = None
         self.container_id = ""
         self.workers: dict[str, TaskWorker] = {}
@@ -92,7 +94,7 @@ class Executor:
                 return
             assert self.agent is not None
             ctx = WorkerContext(self.settings, self.env, self.launcher, self.agent, self.container_id,
-                                *self._mirrors, journal=self._journal)
+                                *self._mirrors, journal=self._journal, owner=self._owner)
             worker = TaskWorker(spec, ctx, on_done=self._worker_done)
             self.workers[task_id] = worker
             self._pending += 1

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable, Optional, Protocol
 
 from . import sandbox
@@ -28,7 +27,6 @@ from .guest import Cancelled, Guest, GuestLauncher, GuestRequest, console_tail
 from .ids import domain_name_for
 from .journal import NO_JOURNAL, ResourceJournal
 from .launcher import GUEST_PATH, LaunchSpec
-from .procinfo import own_start_time
 from .statuses import Outcome, Reason, TaskState, outcome_for_error
 from .taskrun import ExitStatus, run_launcher, signal_task, watch_guest
 from .tasks import TaskSpec
@@ -55,6 +53,8 @@ class WorkerContext:
     mirror_stdout: Optional[Callable[[bytes], None]] = None
     mirror_stderr: Optional[Callable[[bytes], None]] = None
     journal: ResourceJournal = NO_JOURNAL
+    owner: Owner = Owner()
+    """The executor's owner record (owner file, pid, ids); each guest adds its task id."""
 
 
 class TaskWorker:
@@ -219,9 +219,8 @@ class TaskWorker:
             base_image=self.ctx.settings.images.base(self.spec.image),
             vcpus=self.spec.vcpus,
             memory_mib=self.spec.memory_mib,
-            owner=Owner(framework_id=self.ctx.env.framework_id, executor_id=self.ctx.env.executor_id,
-                        task_id=self.spec.task_id, container_id=self.ctx.container_id,
-                        executor_pid=os.getpid(), executor_start_time=own_start_time()),
+            owner=replace(self.ctx.owner, task_id=self.spec.task_id,
+                          container_id=self.ctx.container_id or self.ctx.owner.container_id),
             console_log=self.task_dir / "console.log",
             journal=self.ctx.journal,
         )

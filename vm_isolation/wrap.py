@@ -13,7 +13,6 @@ non-zero, so the agent reports the tasks as failed ("Executor terminated").
 from __future__ import annotations
 
 import logging
-import os
 import re
 import signal
 import socket
@@ -30,7 +29,6 @@ from .guest import Cancelled, Guest, GuestLauncher, GuestRequest
 from .ids import domain_name_for
 from .journal import NO_JOURNAL, ResourceJournal
 from .launcher import GUEST_PATH, LaunchSpec
-from .procinfo import own_start_time
 from .taskrun import run_launcher, signal_task, watch_guest
 
 log = logging.getLogger(__name__)
@@ -102,7 +100,8 @@ class Wrapper:
 
     def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher, command: InnerCommand,
                  *, bridge_address: Callable[[], str], out: Callable[[bytes], None],
-                 err: Callable[[bytes], None], journal: ResourceJournal = NO_JOURNAL) -> None:
+                 err: Callable[[bytes], None], journal: ResourceJournal = NO_JOURNAL,
+                 owner: Optional[Owner] = None) -> None:
         self.settings = settings
         self.env = env
         self.launcher = launcher
@@ -111,6 +110,8 @@ class Wrapper:
         self._out = out
         self._err = err
         self._journal = journal
+        self._owner = owner or Owner()
+        """The executor's owner record (its owner file, pid and ids): recorded on the guest."""
         self._cancel = threading.Event()
         self._run_ended = threading.Event()
         self._guest: Optional[Guest] = None
@@ -232,8 +233,7 @@ class Wrapper:
             name=domain_name_for(self.env.executor_id),
             base_image=self.settings.images.base(image),
             memory_mib=self.settings.vm.default_memory_mib,
-            owner=Owner(framework_id=self.env.framework_id, executor_id=self.env.executor_id,
-                        task_id="", executor_pid=os.getpid(), executor_start_time=own_start_time()),
+            owner=self._owner,
             console_log=self.env.directory / "console.log",
             journal=self._journal,
         )

@@ -111,7 +111,8 @@ def test_a_dead_executors_running_guest_is_reaped_and_bystanders_are_untouched(
 @pytest.fixture
 def private_settings(settings: Settings, tmp_path: Path) -> Settings:
     """The host's settings with overlay and key directories of this test only."""
-    vm = replace(settings.vm, overlay_dir=tmp_path / "overlays", key_dir=tmp_path / "keys")
+    vm = replace(settings.vm, overlay_dir=tmp_path / "overlays", key_dir=tmp_path / "keys",
+                 owner_dir=tmp_path / "run" / "owners")
     vm.overlay_dir.mkdir()
     return replace(settings, vm=vm)
 
