@@ -204,8 +204,8 @@ def owner_alive(settings: Settings, owner: Owner, procs: ProcessTable) -> bool:
     if owner.owner_file:
         path = Path(owner.owner_file)
         if not is_owner_file_path(path, settings.vm.owner_dir):
-            log.warning("owner file %r is not in %s: its owner counts as alive", owner.owner_file,
-                        settings.vm.owner_dir)
+            log.debug("owner file %r is not in %s: its owner counts as alive", owner.owner_file,
+                      settings.vm.owner_dir)
             return True
         return liveness(path) is not Liveness.DEAD
     return procs.is_alive(owner.executor_pid, owner.executor_start_time)
