@@ -92,7 +92,8 @@ class ExecutorSettings:
     wrap_image: str = "python"
     """Wrap mode: the base image the framework's executor runs in."""
     wrap_boot_budget_s: float = 50.0
-    """Wrap mode: boot + SSH must fit in this (below the agent's registration timeout)."""
+    """Wrap mode: from the sandbox's creation (the agent's registration timer starts before the
+    fetch) until the inner executor starts: fetch, boot, SSH and sandbox upload must fit."""
     wrap_copy_back: bool = True
     """Wrap mode: copy what the inner executor wrote into the guest sandbox back to the host."""
 

@@ -29,7 +29,7 @@ from .journal import NO_JOURNAL, ResourceJournal
 from .mesos_values import Subscribed
 from .statuses import Reason, TaskState
 from .tasks import parse_task, task_id_of
-from .taskworker import StatusSink, TaskWorker, WorkerContext
+from .taskworker import DESTROY_AFTER_SIGKILL_S, StatusSink, TaskWorker, WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ class Executor:
         self._closing = False
         """Exiting after the linger: LAUNCHes get TASK_DROPPED."""
         self._linger_generation = 0
+        self._drain_deadline: Optional[float] = None
+        """Set on SHUTDOWN / agent loss: the exit waits for outstanding ACKs until then only."""
 
     def attach(self, agent: AgentLink) -> None:
         self.agent = agent
@@ -134,10 +136,16 @@ class Executor:
         with self._lock:
             self._shutting_down = True
             workers = list(self.workers.values())
-        grace = max(0.0, self.env.shutdown_grace_period_s - SHUTDOWN_MARGIN_S)
-        log.info("SHUTDOWN: killing %d task(s) within %.1f s", len(workers), grace)
+        # The agent SIGKILLs the executor (and nothing else: the guests are libvirtd's) when the
+        # grace period ends, so the whole ladder and the teardown must fit before that: of the
+        # default 5 s, SIGTERM gets 2 s, SIGKILL 1 s, then the domain is destroyed.
+        budget = max(0.0, self.env.shutdown_grace_period_s - SHUTDOWN_MARGIN_S)
+        term_s = min(budget / 2, self.settings.executor.kill_grace_s)
+        sigkill_s = min(budget / 4, DESTROY_AFTER_SIGKILL_S)
+        log.info("SHUTDOWN: killing %d task(s): SIGTERM, SIGKILL after %.1f s, destroy %.1f s later",
+                 len(workers), term_s, sigkill_s)
         for worker in workers:
-            worker.kill(min(grace, self.settings.executor.kill_grace_s), "the executor was shut down")
+            worker.kill(term_s, "the executor was shut down", sigkill_wait_s=sigkill_s)
         threading.Thread(target=self._finish_after_shutdown, daemon=True, name="shutdown").start()
 
     def on_message(self, data: bytes) -> None:
@@ -212,6 +220,7 @@ class Executor:
 
     def _finish_after_shutdown(self) -> None:
         deadline = time.monotonic() + max(self.env.shutdown_grace_period_s - 0.2, 0.5)
+        self._drain_deadline = deadline  # ACKs are waited for only while the grace period lasts
         for worker in list(self.workers.values()):
             worker.join(max(0.0, deadline - time.monotonic()))
             if not worker.finished.is_set():
@@ -230,5 +239,6 @@ class Executor:
         Replies sent while exiting (TASK_DROPPED for a LAUNCH that came too late) are given
         ``ack_timeout_s`` to be acknowledged first."""
         self._done.wait(timeout_s)
-        self._drained.wait(self.settings.executor.ack_timeout_s)
+        deadline = self._drain_deadline or time.monotonic() + self.settings.executor.ack_timeout_s
+        self._drained.wait(max(0.0, deadline - time.monotonic()))
         return self._exit_code

@@ -83,15 +83,17 @@ class TaskWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def kill(self, grace_s: Optional[float], why: str) -> None:
-        """Start killing the task; returns at once (the escalation runs on its own thread)."""
+    def kill(self, grace_s: Optional[float], why: str, *, sigkill_wait_s: float = DESTROY_AFTER_SIGKILL_S) -> None:
+        """Start killing the task: SIGTERM, SIGKILL after ``grace_s``, destroy the domain
+        ``sigkill_wait_s`` later if the command still runs. Returns at once (the escalation runs
+        on its own thread)."""
         with self._lock:
             if self._kill_reason is not None or self.finished.is_set():
                 return
             self._kill_reason = why
             self.cancel.set()
         grace = self.ctx.settings.executor.kill_grace_s if grace_s is None else grace_s
-        threading.Thread(target=self._escalate, args=(grace,), name="kill-" + self._thread.name,
+        threading.Thread(target=self._escalate, args=(grace, sigkill_wait_s), name="kill-" + self._thread.name,
                          daemon=True).start()
 
     def join(self, timeout_s: Optional[float] = None) -> None:
@@ -181,7 +183,7 @@ class TaskWorker:
         return outcome_for_error(exc)
 
     # --- kill escalation (own thread) --------------------------------------------------------
-    def _escalate(self, grace_s: float) -> None:
+    def _escalate(self, grace_s: float, sigkill_wait_s: float) -> None:
         with self._lock:
             guest, pgid = self._guest, self._pgid
         if guest is None:
@@ -194,7 +196,7 @@ class TaskWorker:
             if self.run_ended.wait(grace_s):
                 return
             self._signal(guest, pgid, signal.SIGKILL)
-            if self.run_ended.wait(DESTROY_AFTER_SIGKILL_S):
+            if self.run_ended.wait(sigkill_wait_s):
                 return
         self._destroy()
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from vm_isolation.config import mesos_environment
 from vm_isolation.errors import HostError
+from vm_isolation.procinfo import birth_time
 from vm_isolation.wrap import guest_environment, split_endpoint
 
 AGENT_ENV = {
@@ -67,3 +72,32 @@ def test_a_malformed_endpoint_is_a_host_error() -> None:
     assert split_endpoint("10.0.0.5:5051") == ("10.0.0.5", 5051)
     with pytest.raises(HostError):
         split_endpoint("nonsense")
+
+
+class _NeverBoots:
+    """A launcher whose boot must not be reached (the budget is spent before it)."""
+
+    hypervisor = None
+
+    def boot(self, *args: object, **kwargs: object) -> object:
+        raise AssertionError("booted although the registration window was already spent")
+
+
+def test_a_sandbox_older_than_the_wrap_budget_gives_up_before_booting(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The agent's registration timer starts before the fetch; a fetch that ate the window ends
+    the wrapper at once with a line saying so, instead of a silent registration timeout."""
+    from vm_isolation.config import ExecutorSettings, Settings
+    from vm_isolation.wrap import InnerCommand, Wrapper
+
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    env = mesos_environment({**AGENT_ENV, "MESOS_DIRECTORY": str(sandbox)})
+    settings = replace(Settings(), executor=ExecutorSettings(wrap_boot_budget_s=50))
+    created = birth_time(sandbox) or time.time()
+    wrapper = Wrapper(settings, env, _NeverBoots(), InnerCommand(("true",)),  # type: ignore[arg-type]
+                      bridge_address=lambda: "192.168.122.1", out=lambda b: None, err=lambda b: None,
+                      wallclock=lambda: created + 55)
+    assert wrapper._registration_window_spent_s() == pytest.approx(55, abs=1)
+    assert wrapper.run() == 1
+    assert "registration window" in caplog.text and "wrap_boot_budget_s" in caplog.text
