@@ -56,6 +56,8 @@ class Executor:
         self._owner = owner or Owner()
         self.agent: Optional[AgentLink] = None
         self.container_id = ""
+        self._task_killing = False
+        """The framework takes TASK_KILLING (its TASK_KILLING_STATE capability)."""
         self.workers: dict[str, TaskWorker] = {}
         self._pending = 0
         self._lock = threading.RLock()
@@ -76,6 +78,9 @@ class Executor:
     # --- event callbacks (IO thread: never block) ---------------------------------------
     def on_subscribed(self, info: Subscribed) -> None:
         self.container_id = info.container_id
+        capabilities = info.framework_info.get("capabilities", [])
+        self._task_killing = isinstance(capabilities, list) and any(
+            isinstance(c, dict) and c.get("type") == "TASK_KILLING_STATE" for c in capabilities)
         log.info("subscribed to the agent (container %s)", self.container_id or "?")
 
     def on_launch(self, task: Mapping[str, Any]) -> None:
@@ -110,7 +115,8 @@ class Executor:
                 return
             assert self.agent is not None
             ctx = WorkerContext(self.settings, self.env, self.launcher, self.agent, self.container_id,
-                                *self._mirrors, journal=self._journal, owner=self._owner)
+                                *self._mirrors, journal=self._journal, owner=self._owner,
+                                task_killing=self._task_killing)
             worker = TaskWorker(spec, ctx, on_done=self._worker_done)
             self.workers[task_id] = worker
             self._add_pending()

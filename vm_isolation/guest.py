@@ -22,7 +22,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Protocol, TypeVar
+from typing import Any, Callable, Iterator, Optional, Protocol, TypeVar
 
 from . import overlay
 from .config import Settings
@@ -89,6 +89,7 @@ class RemoteSession(Protocol):
             timeout_s: Optional[float] = None) -> int: ...
     def run_capture(self, command: str, *, timeout_s: Optional[float] = None) -> tuple[int, bytes, bytes]: ...
     def forward_to_host(self, guest_port: int, target_host: str, target_port: int) -> None: ...
+    def connect_in_guest(self, port: int, timeout_s: float) -> Any: ...
     def close(self) -> None: ...
 
 

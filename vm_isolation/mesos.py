@@ -39,7 +39,7 @@ import random
 import signal
 import sys
 import threading
-from typing import Callable, NoReturn, Optional
+from typing import Any, Callable, Mapping, NoReturn, Optional
 
 import pymesos
 import pymesos.process as pymesos_process
@@ -428,7 +428,8 @@ class AgentConnection:
         return self._io_thread is not None and self._io_thread.is_alive()
 
     def send_update(self, task_id: str, state: str, *, reason: Optional[str] = None,
-                    message: Optional[str] = None, data: Optional[bytes] = None) -> bytes:
+                    message: Optional[str] = None, data: Optional[bytes] = None,
+                    healthy: Optional[bool] = None, check_status: Optional[Mapping[str, Any]] = None) -> bytes:
         """Queue a status update for the agent and return its uuid (16 raw bytes).
 
         Never blocks on the network and never raises because the agent is unreachable: the
@@ -437,7 +438,7 @@ class AgentConnection:
         """
         raw, status = new_status(task_id, str(state), executor_id=self._env.executor_id,
                                  agent_id=self._driver.agent_id, reason=reason,
-                                 message=message, data=data)
+                                 message=message, data=data, healthy=healthy, check_status=check_status)
         self._ledger.sent(raw, status)
         self._outbox.put(raw, status)
         return raw

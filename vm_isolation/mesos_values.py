@@ -150,6 +150,8 @@ def new_status(
     reason: Optional[str] = None,
     message: Optional[str] = None,
     data: Optional[bytes] = None,
+    healthy: Optional[bool] = None,
+    check_status: Optional[Mapping[str, Any]] = None,
     now: Callable[[], float] = time.time,
 ) -> tuple[bytes, JsonDict]:
     """A fresh ``TaskStatus`` as the agent's executor API wants it, and its raw uuid.
@@ -178,6 +180,10 @@ def new_status(
         status["message"] = message
     if data is not None:
         status["data"] = base64.b64encode(data).decode("ascii")
+    if healthy is not None:
+        status["healthy"] = healthy
+    if check_status is not None:
+        status["check_status"] = dict(check_status)
     return raw, status
 
 

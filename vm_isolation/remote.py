@@ -320,8 +320,25 @@ class SshRemote:
 
         return self._transfer(f"download of {remote_path}", "download", read)
 
-    # --- state ----------------------------------------------------------------------------
     # --- tunnels ----------------------------------------------------------------------------
+    def connect_in_guest(self, port: int, timeout_s: float) -> Any:
+        """A stream to the guest's own 127.0.0.1:``port``, opened by its SSH server (``ssh -L``):
+        what a check inside the task's network sees. The channel has ``sendall``/``recv``/
+        ``settimeout``/``close`` like a socket. Raises ConnectionRefusedError when nothing
+        listens there, :class:`SshUnavailable` when the session is gone."""
+        transport = self._live_transport(f"a connection to port {port} in the guest")
+        try:
+            channel = transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0),
+                                             timeout=timeout_s)
+        except paramiko.ChannelException as exc:
+            raise ConnectionRefusedError(f"nothing accepts connections on the guest's 127.0.0.1:{port} "
+                                         f"({exc})") from None
+        except _TRANSIENT as exc:
+            raise SshUnavailable(f"cannot open a connection to port {port} in the guest: {_describe(exc)}",
+                                 phase="run") from exc
+        channel.settimeout(timeout_s)
+        return channel
+
     def forward_to_host(self, guest_port: int, target_host: str, target_port: int) -> None:
         """Make the guest's 127.0.0.1:``guest_port`` reach ``target_host:target_port`` as seen
         from this host, through this SSH session (remote forwarding, ``ssh -R``). Each

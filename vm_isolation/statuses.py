@@ -46,6 +46,10 @@ class Reason(enum.StrEnum):
     """Killed before its command started."""
     EXECUTOR_TERMINATED = "REASON_EXECUTOR_TERMINATED"
     """The executor shut down (SHUTDOWN, agent lost) while the task was live."""
+    HEALTH_CHECK_STATUS_UPDATED = "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED"
+    """A TASK_RUNNING that reports a health check result (``healthy``)."""
+    CHECK_STATUS_UPDATED = "REASON_TASK_CHECK_STATUS_UPDATED"
+    """A TASK_RUNNING that reports a changed check result (``check_status``)."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from .checkspec import CheckSpec, parse_check, parse_health_check
 from .config import Settings
 from .errors import InvalidTask
 
@@ -45,6 +46,10 @@ class TaskSpec:
     image: str
     kill_grace_s: Optional[float]
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    health_check: Optional[CheckSpec] = None
+    """TaskInfo.health_check: run in the guest; failing ones kill the task."""
+    check: Optional[CheckSpec] = None
+    """TaskInfo.check: run in the guest; results reported, never a kill."""
 
     @property
     def dir_name(self) -> str:
@@ -86,6 +91,8 @@ def parse_task(raw: Any, settings: Settings) -> TaskSpec:
         image=_image(raw, settings),
         kill_grace_s=_grace(raw.get("kill_policy")),
         raw=raw,
+        health_check=parse_health_check(raw.get("health_check"), command_info),
+        check=parse_check(raw.get("check"), command_info),
     )
 
 
@@ -98,6 +105,11 @@ def _command(raw: Mapping[str, Any]) -> CommandSpec:
             "the task has no command: set TaskInfo.command, or (when vm-isolation-executor is the "
             "framework's ExecutorInfo) TaskInfo.data to a JSON CommandInfo such as "
             '{"value": "echo hi", "shell": true}')
+    return command_info(info)
+
+
+def command_info(info: Mapping[str, Any]) -> CommandSpec:
+    """A CommandInfo (the task's, a health check's) as a CommandSpec; InvalidTask if malformed."""
     shell = info.get("shell", True)
     value = info.get("value", "")
     arguments = info.get("arguments", [])

@@ -17,9 +17,11 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import BinaryIO, Callable, Optional, Protocol
+from typing import Any, BinaryIO, Callable, Mapping, Optional, Protocol
 
 from . import sandbox
+from .checks import Checker, CheckTracker, HealthTracker, ProbeResult, run_probe
+from .checkspec import CheckSpec
 from .config import MesosEnvironment, Settings
 from .domainxml import Owner
 from .errors import VmIsolationError
@@ -40,7 +42,8 @@ DESTROY_AFTER_SIGKILL_S = 2.0
 
 class StatusSink(Protocol):
     def send_update(self, task_id: str, state: str, *, reason: Optional[str] = None,
-                    message: Optional[str] = None, data: Optional[bytes] = None) -> bytes: ...
+                    message: Optional[str] = None, data: Optional[bytes] = None,
+                    healthy: Optional[bool] = None, check_status: Optional[Mapping[str, Any]] = None) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class WorkerContext:
     journal: ResourceJournal = NO_JOURNAL
     owner: Owner = Owner()
     """The executor's owner record (owner file, pid, ids); each guest adds its task id."""
+    task_killing: bool = False
+    """The framework opted in to TASK_KILLING (its TASK_KILLING_STATE capability)."""
 
 
 class TaskWorker:
@@ -77,6 +82,11 @@ class TaskWorker:
         self._domain = domain_name_for(spec.task_id)
         self._guest_lost = ""
         self._started_at = time.monotonic()
+        self._status_lock = threading.Lock()
+        self._terminal_sent = False
+        self._healthy: Optional[bool] = None
+        self._check_status: Optional[Mapping[str, Any]] = None
+        self._checkers: list[Checker] = []
         self._thread = threading.Thread(target=self._run, name=f"task-{spec.dir_name[:40]}", daemon=True)
 
     # --- public, callable from any thread (never blocks) ---------------------------------
@@ -92,6 +102,9 @@ class TaskWorker:
                 return
             self._kill_reason = why
             self.cancel.set()
+            running = self._pgid is not None
+        if running and self.ctx.task_killing:
+            self._send(TaskState.KILLING, message=why)
         grace = self.ctx.settings.executor.kill_grace_s if grace_s is None else grace_s
         threading.Thread(target=self._escalate, args=(grace, sigkill_wait_s), name="kill-" + self._thread.name,
                          daemon=True).start()
@@ -141,6 +154,8 @@ class TaskWorker:
                                       on_stdout=out, on_stderr=err)
             finally:
                 self.run_ended.set()
+                for checker in self._checkers:
+                    checker.stop.set()
             self._timings["run"] = round(time.monotonic() - run_started, 3)
             progress("run", self._timings["run"])
         return self._outcome_for_exit(status)
@@ -155,7 +170,52 @@ class TaskWorker:
     def _on_started(self, pgid: int) -> None:
         with self._lock:
             self._pgid = pgid
-        self._send(TaskState.RUNNING, message=f"running in guest {self._guest.name if self._guest else ''}")
+            guest = self._guest
+        self._send(TaskState.RUNNING, message=f"running in guest {guest.name if guest else ''}")
+        if guest is not None:
+            self._start_checks(guest)
+
+    # --- health checks and checks (their own threads) ----------------------------------------
+    def _start_checks(self, guest: Guest) -> None:
+        launch = self._launch_spec()
+        health, check = self.spec.health_check, self.spec.check
+        started = time.monotonic()
+        if health is not None:
+            tracker = HealthTracker(health, started)
+
+            def on_health(result: ProbeResult) -> None:
+                verdict = tracker.feed(result, time.monotonic())
+                if verdict is None:
+                    return
+                self._healthy = verdict.healthy
+                self._send(TaskState.RUNNING, reason=Reason.HEALTH_CHECK_STATUS_UPDATED,
+                           message=f"health check {'passed' if verdict.healthy else 'failed'}: {verdict.detail}",
+                           only_while_running=True)
+                if verdict.kill:
+                    self.kill(None, f"the health check failed {verdict.failures} times in a row ({verdict.detail})")
+
+            self._checkers.append(Checker(health, self._prober(guest, health, launch), on_health,
+                                          name=f"health-{self._thread.name}"))
+        if check is not None:
+            checks = CheckTracker()
+
+            def on_check(result: ProbeResult) -> None:
+                changed = checks.feed(result)
+                if changed is not None:
+                    self._check_status = changed
+                    self._send(TaskState.RUNNING, reason=Reason.CHECK_STATUS_UPDATED,
+                               message=f"check: {result.detail}", only_while_running=True)
+
+            self._checkers.append(Checker(check, self._prober(guest, check, launch), on_check,
+                                          name=f"check-{self._thread.name}"))
+        for checker in self._checkers:
+            if self.run_ended.is_set():
+                checker.stop.set()
+            checker.start()
+
+    @staticmethod
+    def _prober(guest: Guest, spec: CheckSpec, launch: LaunchSpec) -> Callable[[], ProbeResult]:
+        return lambda: run_probe(guest.remote, spec.probe, spec.timeout_s, workdir=launch.workdir, env=launch.env)
 
     # --- outcomes --------------------------------------------------------------------------
     def _outcome_for_exit(self, status: ExitStatus) -> Outcome:
@@ -245,11 +305,17 @@ class TaskWorker:
         sandbox.upload(guest.remote, self.ctx.env.directory, self.ctx.settings.executor.guest_sandbox)
 
     def _send(self, state: TaskState, *, reason: Optional[Reason] = None, message: Optional[str] = None,
-              data: Optional[bytes] = None) -> bytes:
-        log.info("task %s: %s%s", self.spec.task_id, state.value, f" ({message})" if message else "")
-        return self.ctx.agent.send_update(self.spec.task_id, state.value,
-                                          reason=reason.value if reason else None, message=message,
-                                          data=data)
+              data: Optional[bytes] = None, only_while_running: bool = False) -> bytes:
+        """Send a status with the latest health and check results. Serialised, so a check's
+        TASK_RUNNING can never follow the terminal status (``only_while_running``: dropped then)."""
+        with self._status_lock:
+            if self._terminal_sent or (only_while_running and (self.run_ended.is_set() or self.cancel.is_set())):
+                return b""
+            self._terminal_sent = state.terminal
+            log.info("task %s: %s%s", self.spec.task_id, state.value, f" ({message})" if message else "")
+            return self.ctx.agent.send_update(self.spec.task_id, state.value,
+                                              reason=reason.value if reason else None, message=message,
+                                              data=data, healthy=self._healthy, check_status=self._check_status)
 
     @staticmethod
     def _tee(fh: BinaryIO, mirror: Optional[Callable[[bytes], None]]) -> Callable[[bytes], None]:

@@ -9,7 +9,7 @@ import re
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import pytest
 
@@ -28,12 +28,15 @@ class FakeAgent:
 
     def __init__(self) -> None:
         self.updates: list[tuple[str, str, Optional[str]]] = []
+        self.health: list[tuple[str, Optional[bool]]] = []
         self.lock = threading.Lock()
 
     def send_update(self, task_id: str, state: str, *, reason: Optional[str] = None,
-                    message: Optional[str] = None, data: Optional[bytes] = None) -> bytes:
+                    message: Optional[str] = None, data: Optional[bytes] = None,
+                    healthy: Optional[bool] = None, check_status: Optional[Mapping[str, Any]] = None) -> bytes:
         with self.lock:
             self.updates.append((task_id, state, message))
+            self.health.append((task_id, healthy))
         return b"u" * 16
 
     def wait_acknowledged(self, uuid: bytes, timeout_s: float) -> bool:
@@ -55,6 +58,8 @@ class Guests:
 
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.kills: list[str] = []
+        self.health_exit = 0
 
     def __call__(self, host: str, *, host_key: str, client_key: object, deadline: object) -> FakeRemote:
         return FakeRemote(host, host_key, handler=self._run)
@@ -62,6 +67,12 @@ class Guests:
     def _run(self, remote: FakeRemote, command: str, out: Callable[[bytes], None],
              err: Callable[[bytes], None]) -> int:
         launched = re.fullmatch(r"/bin/sh (/tmp/vmiso-launch-(\w+)\.sh)", command)
+        if command.startswith("kill "):
+            self.kills.append(command)
+            self.release.set()  # the signalled task ends
+            return 0
+        if " timeout -s KILL " in command:  # a health-check command
+            return self.health_exit
         if launched is None:
             return 0  # mkdir of the sandbox
         script = remote.files[launched.group(1)].decode()
@@ -184,3 +195,40 @@ def test_as_the_command_executor_it_exits_with_its_task(world: World) -> None:
     executor, agent, hv, guests = world
     executor.on_launch(task("ex", "true"))
     assert executor.wait(WAIT_S) == 0 and executor.done
+
+
+def test_a_failing_health_check_reports_unhealthy_then_kills_the_task(world: World) -> None:
+    """COMMAND health check in the guest: each failure after the grace period is a TASK_RUNNING
+    with healthy=false; the consecutive_failures-th kills the task, which ends TASK_KILLED."""
+    executor, agent, hv, guests = world
+    guests.health_exit = 1
+    info = task("sick", "sleep 60")
+    info["health_check"] = {"type": "COMMAND", "command": {"value": "false"}, "delay_seconds": 0,
+                            "interval_seconds": 0.01, "grace_period_seconds": 0, "consecutive_failures": 2}
+    info["kill_policy"] = {"grace_period": {"nanoseconds": 0}}
+    executor.on_launch(info)
+    agent.wait_for("sick", "TASK_KILLED")
+    assert agent.states("sick") == ["TASK_STARTING", "TASK_RUNNING", "TASK_RUNNING", "TASK_RUNNING", "TASK_KILLED"]
+    assert [h for tid, h in agent.health if tid == "sick"] == [None, None, False, False, False]
+    final = [m for tid, state, m in agent.updates if (tid, state) == ("sick", "TASK_KILLED")][0]
+    assert final is not None and "health check failed 2 times in a row" in final
+    assert guests.kills, "the task's process group was signalled"
+
+
+def test_task_killing_is_sent_only_to_frameworks_that_opted_in(world: World) -> None:
+    from vm_isolation.mesos_values import Subscribed
+
+    executor, agent, hv, guests = world
+    executor.on_launch(task("plain", "sleep 60"))  # launched before the capability was known
+    executor.on_subscribed(Subscribed(executor_info={}, agent_info={}, container_id="c",
+                                      framework_info={"capabilities": [{"type": "TASK_KILLING_STATE"}]}))
+    executor.on_launch(task("k", "sleep 60"))
+    agent.wait_for("plain", "TASK_RUNNING")
+    agent.wait_for("k", "TASK_RUNNING")
+    executor.on_kill("k", 0.0)
+    assert agent.states("k")[-1] == "TASK_KILLING", "sent before the kill begins"
+    executor.on_kill("plain", 0.0)
+    agent.wait_for("k", "TASK_KILLED")
+    assert executor.wait(WAIT_S) == 0 and executor.done
+    assert agent.states("k") == ["TASK_STARTING", "TASK_RUNNING", "TASK_KILLING", "TASK_KILLED"]
+    assert "TASK_KILLING" not in agent.states("plain")
