@@ -221,6 +221,16 @@ class MesosCluster:
         state = _try_json(f"{self.master_url}/master/state") or {}
         return [str(f["id"]) for f in state.get("frameworks", [])]
 
+    def task_state(self, framework_id: str, task_id: str) -> str:
+        """The state the master holds for a task, of a live or a completed framework."""
+        state = http_json(f"{self.master_url}/master/state")
+        for fw in state.get("frameworks", []) + state.get("completed_frameworks", []):
+            if fw.get("id") == framework_id:
+                for task in fw.get("tasks", []) + fw.get("completed_tasks", []):
+                    if task.get("id") == task_id:
+                        return str(task["state"])
+        raise LookupError(f"the master does not know task {task_id} of framework {framework_id}")
+
     def teardown_framework(self, framework_id: str) -> None:
         """The operator's way: POST /master/teardown."""
         body = urllib.parse.urlencode({"frameworkId": framework_id}).encode()
