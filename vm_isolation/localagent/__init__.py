@@ -27,8 +27,8 @@ no authentication; Linux ``/proc`` for process trees.
 
 Known differences from the real agent, seen with tests/mesos (Mesos 1.12 master + agent):
 
-* ACKNOWLEDGED: the real agent sends it once the framework acknowledged the update through
-  the master (and its status update manager checkpointed it); here it follows the 202 at once.
+* ACKNOWLEDGED: the real agent sends it asynchronously, once its status update manager has
+  handled (with checkpointing: written) the update; here it follows the 202 at once.
 * No fetcher: ``files`` are copied as they are; the real fetcher also extracts archives
   (``extract``), caches and sets the executable bit.
 * No command executor of its own: the real agent runs ``<--launcher_dir>/mesos-executor
