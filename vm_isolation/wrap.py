@@ -6,8 +6,8 @@ instead it boots a guest, uploads the sandbox, and starts CMD there with the age
 environment rewritten for the guest (:func:`guest_environment`), so the inner executor
 subscribes from inside the VM. It starts in the guest counterpart of the wrapper's own working
 directory (:func:`guest_workdir`: Hadoop runs ``cd <dir> && <executor command>``). The wrapper
-lives exactly as long as the inner executor,
-streams its output into the sandbox, copies back what it wrote, and exits with its status.
+lives exactly as long as the inner executor, streams its output into the sandbox, copies back
+what it wrote, and exits with its status.
 SIGTERM is forwarded; a guest that dies or an SSH session lost for good makes the wrapper exit
 non-zero, so the agent reports the tasks as failed ("Executor terminated").
 """
