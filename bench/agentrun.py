@@ -19,7 +19,9 @@ def executor_command() -> dict[str, Any]:
     script = Path(sys.executable).parent / "vm-isolation-executor"
     argv = [str(script)] if script.exists() else [sys.executable, "-m", "vm_isolation.cli.executor"]
     argv += ["--config", str(conf_path(None))]
-    return {"value": argv[0], "shell": False, "arguments": argv}
+    # No linger: these executors get no task after their last (the linger has its own test).
+    return {"value": argv[0], "shell": False, "arguments": argv, "environment": {"variables": [
+        {"name": "VM_ISOLATION_EXECUTOR_LINGER_S", "value": "0"}]}}
 
 
 def task_info(task_id: str, command: str, mem_mib: int = TASK_MEM_MIB) -> dict[str, Any]:

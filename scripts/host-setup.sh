@@ -96,7 +96,10 @@ write_config() {
 make_directories() {
   # Images and overlays must be traversable by the libvirt-qemu user; keys only by root.
   install -d -m 0755 /var/lib/vm-isolation /var/lib/vm-isolation/images /var/lib/vm-isolation/overlays
-  install -d -m 0700 /run/vm-isolation /run/vm-isolation/keys
+  install -d -m 0755 /run/vm-isolation
+  install -d -m 0700 /run/vm-isolation/keys
+  # Owner files (vm_isolation/ownership.py): every executor, whatever its user, creates one.
+  install -d -m 1777 /run/vm-isolation/owners
   install -d -m 0750 /var/log/vm-isolation
 }
 

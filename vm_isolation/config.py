@@ -70,6 +70,8 @@ class VmSettings:
     overlay_dir: Path = Path("/var/lib/vm-isolation/overlays")
     key_dir: Path = Path("/run/vm-isolation/keys")
     console_dir: Path = Path("/var/log/vm-isolation")
+    owner_dir: Path = Path("/run/vm-isolation/owners")
+    """Where each executor keeps its locked owner file (:mod:`ownership`)."""
     memory_floor_mib: int = 128
     default_memory_mib: int = 256
     max_memory_mib: int = 16384
@@ -84,11 +86,14 @@ class VmSettings:
 class ExecutorSettings:
     kill_grace_s: float = 3.0
     ack_timeout_s: float = 60.0
+    linger_s: float = 10.0
+    """Seconds to stay after the last task ended, for more LAUNCHes to the same executor id."""
     guest_sandbox: str = "/mnt/mesos/sandbox"
     wrap_image: str = "python"
     """Wrap mode: the base image the framework's executor runs in."""
     wrap_boot_budget_s: float = 50.0
-    """Wrap mode: boot + SSH must fit in this (below the agent's registration timeout)."""
+    """Wrap mode: from the sandbox's creation (the agent's registration timer starts before the
+    fetch) until the inner executor starts: fetch, boot, SSH and sandbox upload must fit."""
     wrap_copy_back: bool = True
     """Wrap mode: copy what the inner executor wrote into the guest sandbox back to the host."""
 
@@ -106,9 +111,9 @@ class Settings:
 # --- parsing --------------------------------------------------------------------------------
 
 _INT_KEYS = {"memory_floor_mib", "default_memory_mib", "max_memory_mib", "max_vcpus"}
-_FLOAT_KEYS = {"boot_timeout_s", "ssh_timeout_s", "kill_grace_s", "ack_timeout_s", "wrap_boot_budget_s"}
+_FLOAT_KEYS = {"boot_timeout_s", "ssh_timeout_s", "kill_grace_s", "ack_timeout_s", "linger_s", "wrap_boot_budget_s"}
 _BOOL_KEYS = {"wrap_copy_back"}
-_PATH_KEYS = {"overlay_dir", "key_dir", "console_dir"}
+_PATH_KEYS = {"overlay_dir", "key_dir", "console_dir", "owner_dir"}
 _SECTIONS = {
     "libvirt": LibvirtSettings,
     "images": None,  # handled by _images
@@ -310,6 +315,24 @@ class MesosEnvironment:
     the ExecutorInfo's CommandInfo.environment): what wrap mode passes on to the inner executor."""
 
 
+_TRUE = ("1", "true", "yes")
+
+
+def _refuse_ssl_only_agent(environ: Mapping[str, str]) -> None:
+    """The executor speaks plain HTTP to the agent (pymesos's client has no TLS). An agent run
+    with LIBPROCESS_SSL_ENABLED (its environment is the executor's) and without
+    LIBPROCESS_SSL_SUPPORT_DOWNGRADE accepts TLS only: say so now instead of never subscribing
+    and letting the registration timeout expire."""
+    if environ.get("LIBPROCESS_SSL_ENABLED", "").strip().lower() not in _TRUE:
+        return
+    if environ.get("LIBPROCESS_SSL_SUPPORT_DOWNGRADE", "").strip().lower() in _TRUE:
+        return
+    raise ConfigError(
+        "the agent requires TLS (LIBPROCESS_SSL_ENABLED is set and LIBPROCESS_SSL_SUPPORT_DOWNGRADE "
+        "is not): vm-isolation-executor speaks plain HTTP only. Run the agent with "
+        "LIBPROCESS_SSL_SUPPORT_DOWNGRADE=true (it then accepts both), or without SSL")
+
+
 def mesos_environment(environ: Mapping[str, str] = os.environ) -> MesosEnvironment:
     """Parse the agent-provided environment; ConfigError names what is missing."""
     missing = [
@@ -323,6 +346,7 @@ def mesos_environment(environ: Mapping[str, str] = os.environ) -> MesosEnvironme
             f"is meant to be the command of a framework's ExecutorInfo; to try it by hand use "
             f"vm-isolation-run"
         )
+    _refuse_ssl_only_agent(environ)
     checkpoint_raw = environ.get("MESOS_CHECKPOINT", "0").strip()
     if checkpoint_raw not in ("0", "1"):
         raise ConfigError(f"MESOS_CHECKPOINT={checkpoint_raw!r}: expected 0 or 1")

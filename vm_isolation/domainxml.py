@@ -36,6 +36,8 @@ class Owner:
     """The owning process's start time (from /proc/PID/stat), to detect a reused pid."""
     created_at: float = 0.0
     """Unix time the domain was defined."""
+    owner_file: str = ""
+    """The owning executor's lock file (:mod:`ownership`): alive while it is locked."""
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,12 @@
 Callbacks arrive on the binding's IO thread and must return at once: they only parse input
 and hand work to threads (a worker per task, a short-lived thread for an immediate reply).
 
-The executor exits (see :meth:`Executor.run`):
-  * when every task it was given has reached a terminal state and the agent acknowledged
-    those updates (or ``ack_timeout_s`` passed, like Mesos's own command executor), or
+The executor exits (see :meth:`Executor.wait`):
+  * ``[executor] linger_s`` after every task it was given reached a terminal state and the
+    agent acknowledged those updates (or ``ack_timeout_s`` passed, like Mesos's own command
+    executor) with no new LAUNCH meanwhile; at once when it serves as the agent's command
+    executor (its tasks carry its own id, so none can follow). A LAUNCH that arrives once it is
+    exiting gets TASK_DROPPED, which a framework may relaunch, or
   * after SHUTDOWN, once every task is killed and its guest gone, within the grace period, or
   * when the agent is lost for good (checkpointing off, or recovery timed out): every guest is
     destroyed first, and the exit status is non-zero.
@@ -19,13 +22,14 @@ import time
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from .config import MesosEnvironment, Settings
+from .domainxml import Owner
 from .errors import InvalidTask
 from .guest import GuestLauncher
 from .journal import NO_JOURNAL, ResourceJournal
 from .mesos_values import Subscribed
 from .statuses import Reason, TaskState
 from .tasks import parse_task, task_id_of
-from .taskworker import StatusSink, TaskWorker, WorkerContext
+from .taskworker import DESTROY_AFTER_SIGKILL_S, StatusSink, TaskWorker, WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +47,28 @@ class Executor:
     def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher,
                  *, mirror_stdout: Optional[Callable[[bytes], None]] = None,
                  mirror_stderr: Optional[Callable[[bytes], None]] = None,
-                 journal: ResourceJournal = NO_JOURNAL) -> None:
+                 journal: ResourceJournal = NO_JOURNAL, owner: Optional[Owner] = None) -> None:
         self.settings = settings
         self.env = env
         self.launcher = launcher
         self._mirrors = (mirror_stdout, mirror_stderr)
         self._journal = journal
+        self._owner = owner or Owner()
         self.agent: Optional[AgentLink] = None
         self.container_id = ""
         self.workers: dict[str, TaskWorker] = {}
         self._pending = 0
         self._lock = threading.RLock()
         self._done = threading.Event()
+        self._drained = threading.Event()
+        self._drained.set()
         self._exit_code = 0
         self._shutting_down = False
+        self._closing = False
+        """Exiting after the linger: LAUNCHes get TASK_DROPPED."""
+        self._linger_generation = 0
+        self._drain_deadline: Optional[float] = None
+        """Set on SHUTDOWN / agent loss: the exit waits for outstanding ACKs until then only."""
 
     def attach(self, agent: AgentLink) -> None:
         self.agent = agent
@@ -73,6 +85,12 @@ class Executor:
                 self._reply(task_id, TaskState.KILLED, Reason.EXECUTOR_TERMINATED,
                             "the executor is shutting down")
                 return
+            if self._closing:
+                self._reply(task_id, TaskState.DROPPED, Reason.EXECUTOR_TERMINATED,
+                            f"the executor was exiting after {self.settings.executor.linger_s:g} s without "
+                            "tasks ([executor] linger_s); launch the task again")
+                return
+            self._linger_generation += 1  # a LAUNCH ends any linger in progress
             known = self.workers.get(task_id)
             if known is not None and known.finished.is_set():
                 ended = known.terminal_state.value if known.terminal_state else "?"
@@ -92,10 +110,10 @@ class Executor:
                 return
             assert self.agent is not None
             ctx = WorkerContext(self.settings, self.env, self.launcher, self.agent, self.container_id,
-                                *self._mirrors, journal=self._journal)
+                                *self._mirrors, journal=self._journal, owner=self._owner)
             worker = TaskWorker(spec, ctx, on_done=self._worker_done)
             self.workers[task_id] = worker
-            self._pending += 1
+            self._add_pending()
         worker.start()
 
     def on_launch_group(self, tasks: Sequence[Mapping[str, Any]]) -> None:
@@ -118,10 +136,16 @@ class Executor:
         with self._lock:
             self._shutting_down = True
             workers = list(self.workers.values())
-        grace = max(0.0, self.env.shutdown_grace_period_s - SHUTDOWN_MARGIN_S)
-        log.info("SHUTDOWN: killing %d task(s) within %.1f s", len(workers), grace)
+        # The agent SIGKILLs the executor (and nothing else: the guests are libvirtd's) when the
+        # grace period ends, so the whole ladder and the teardown must fit before that: of the
+        # default 5 s, SIGTERM gets 2 s, SIGKILL 1 s, then the domain is destroyed.
+        budget = max(0.0, self.env.shutdown_grace_period_s - SHUTDOWN_MARGIN_S)
+        term_s = min(budget / 2, self.settings.executor.kill_grace_s)
+        sigkill_s = min(budget / 4, DESTROY_AFTER_SIGKILL_S)
+        log.info("SHUTDOWN: killing %d task(s): SIGTERM, SIGKILL after %.1f s, destroy %.1f s later",
+                 len(workers), term_s, sigkill_s)
         for worker in workers:
-            worker.kill(min(grace, self.settings.executor.kill_grace_s), "the executor was shut down")
+            worker.kill(term_s, "the executor was shut down", sigkill_wait_s=sigkill_s)
         threading.Thread(target=self._finish_after_shutdown, daemon=True, name="shutdown").start()
 
     def on_message(self, data: bytes) -> None:
@@ -149,7 +173,7 @@ class Executor:
         agent = self.agent
         assert agent is not None
         with self._lock:
-            self._pending += 1
+            self._add_pending()
 
         def send() -> None:
             uuid = agent.send_update(task_id, state.value, reason=reason.value, message=message)
@@ -165,14 +189,38 @@ class Executor:
                         worker.spec.task_id, self.settings.executor.ack_timeout_s)
         self._settled()
 
+    def _add_pending(self) -> None:
+        self._pending += 1
+        self._drained.clear()
+
     def _settled(self) -> None:
         with self._lock:
             self._pending -= 1
-            if self._pending == 0 and not self._shutting_down:
-                self._done.set()
+            if self._pending:
+                return
+            self._drained.set()
+            if self._shutting_down or self._closing:
+                return
+            linger = self.settings.executor.linger_s
+            if linger <= 0 or all(task_id == self.env.executor_id for task_id in self.workers):
+                self._close(self._linger_generation)
+                return
+            log.info("no task left: exiting in %.0f s unless another LAUNCH arrives ([executor] linger_s)", linger)
+            timer = threading.Timer(linger, self._close, args=(self._linger_generation,))
+            timer.daemon = True
+            timer.start()
+
+    def _close(self, generation: int) -> None:
+        """The linger that began at ``generation`` is over: exit, unless a LAUNCH came meanwhile."""
+        with self._lock:
+            if generation != self._linger_generation or self._pending or self._shutting_down:
+                return
+            self._closing = True
+            self._done.set()
 
     def _finish_after_shutdown(self) -> None:
         deadline = time.monotonic() + max(self.env.shutdown_grace_period_s - 0.2, 0.5)
+        self._drain_deadline = deadline  # ACKs are waited for only while the grace period lasts
         for worker in list(self.workers.values()):
             worker.join(max(0.0, deadline - time.monotonic()))
             if not worker.finished.is_set():
@@ -180,7 +228,17 @@ class Executor:
                           worker.spec.task_id)
         self._done.set()
 
+    @property
+    def done(self) -> bool:
+        """True once the executor decided to exit."""
+        return self._done.is_set()
+
     def wait(self, timeout_s: Optional[float] = None) -> int:
-        """Block until the executor's work is over; the process exit status."""
+        """Block until the executor's work is over; the process exit status.
+
+        Replies sent while exiting (TASK_DROPPED for a LAUNCH that came too late) are given
+        ``ack_timeout_s`` to be acknowledged first."""
         self._done.wait(timeout_s)
+        deadline = self._drain_deadline or time.monotonic() + self.settings.executor.ack_timeout_s
+        self._drained.wait(max(0.0, deadline - time.monotonic()))
         return self._exit_code

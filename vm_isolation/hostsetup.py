@@ -1,4 +1,5 @@
-"""Host set-up, the part that needs libvirt-python: tune the guests' network, check the images.
+"""Host set-up, the part that needs libvirt-python: tune the guests' network, check the images,
+start the reaper watcher (:mod:`hostservices`).
 
 Run as ``python -m vm_isolation.hostsetup`` after ``scripts/host-setup.sh`` (the Makefile does).
 
@@ -23,7 +24,9 @@ from typing import Optional
 from .accel import resolve_domain_type
 from .config import Settings, load_settings
 from .errors import NotFound, VmIsolationError
+from .hostservices import ensure_reaper_watch
 from .hypervisor import LibvirtHypervisor
+from .waiting import WaitTimeout
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +106,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         log.info("domain type: %s (configured: %s)",
                  resolve_domain_type(settings.libvirt.domain_type), settings.libvirt.domain_type)
         problems = check_images(settings)
-    except VmIsolationError as exc:
+        ensure_reaper_watch(settings)
+    except (VmIsolationError, WaitTimeout) as exc:
         log.error("%s", exc)
         return 1
     for problem in problems:

@@ -8,7 +8,8 @@ an undefined domain. So the executor also keeps a journal in its sandbox:
 
 One JSON object per line, appended and flushed to disk before the resource is created:
 
-    {"op": "owner", "framework_id", "executor_id", "container_id", "pid", "start_time", "t"}
+    {"op": "owner", "framework_id", "executor_id", "container_id", "pid", "start_time",
+     "owner_file", "t"}
     {"op": "create", "kind": "key_dir" | "overlay" | "domain" | "lease" | "launcher",
      "domain": "vmiso-...", "task_id", "path" | "mac" + "network", "t"}
     {"op": "remove", "kind", "domain", "t"}          after the resource is gone
@@ -78,7 +79,7 @@ class Journal:
         try:
             self._write({"op": "owner", "framework_id": owner.framework_id, "executor_id": owner.executor_id,
                          "container_id": owner.container_id, "pid": owner.executor_pid,
-                         "start_time": owner.executor_start_time})
+                         "start_time": owner.executor_start_time, "owner_file": owner.owner_file})
         except StorageError:
             self.close()
             raise
@@ -161,7 +162,8 @@ def read_journal(path: Path) -> JournalState:
                                     executor_id=str(record.get("executor_id", "")),
                                     container_id=str(record.get("container_id", "")),
                                     executor_pid=_int(record.get("pid")),
-                                    executor_start_time=str(record.get("start_time", "")))
+                                    executor_start_time=str(record.get("start_time", "")),
+                                    owner_file=str(record.get("owner_file", "")))
             elif op == "create" and kind in KINDS and domain:
                 live[(kind, domain)] = Resource(kind, domain, **{
                     k: str(record[k]) for k in ("task_id", "path", "mac", "network") if k in record})

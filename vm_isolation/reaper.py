@@ -30,8 +30,13 @@ It is written against small Protocols (:class:`DomainTable`, :class:`LeaseBook`,
 :class:`~vm_isolation.hypervisor.LibvirtHypervisor`, :class:`~vm_isolation.leases.Leases` and
 :class:`~vm_isolation.procinfo.ProcProcessTable`.
 
-NOTE: liveness is judged by pid in *this* pid namespace. Run the reaper in the namespace the
-executors run in (the host's, in the usual set-up), or it will see every owner as dead.
+Liveness: an executor holds a lock on its owner file (:mod:`ownership`) for as long as it
+lives, and records that file's path in the domain's metadata and its journal; the lock is what
+is asked, so owners in other pid namespaces are judged right. Only records without an owner
+file (written before it existed) fall back to the pid and its start time, which are judged in
+*this* pid namespace. **Dead owner files** in ``[vm] owner_dir`` point at their journals: those
+are replayed like the ones given (so a watcher finds a crashed executor's journal without
+knowing the agent's work directory), and the owner file is deleted once nothing is left.
 """
 
 from __future__ import annotations
@@ -46,11 +51,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
 from .config import Settings
+from .domainxml import Owner
 from .errors import VmIsolationError
 from .hypervisor import OwnedDomain
 from .ids import is_our_domain_name
-from .journal import read_journal
+from .journal import JOURNAL_DIR, JOURNAL_FILE, read_journal
 from .leases import Lease
+from .ownership import Liveness, is_owner_file_path, liveness, owner_files, read_owner_file
 from .procinfo import ProcProcessTable
 
 log = logging.getLogger(__name__)
@@ -139,6 +146,7 @@ def reap(
     orphan_files: Optional[bool] = None,
     orphan_min_age_s: float = DEFAULT_ORPHAN_MIN_AGE_S,
     journals: Iterable[Path] = (),
+    owner_dir_pass: bool = True,
     dry_run: bool = False,
     wallclock: Callable[[], float] = time.time,
 ) -> ReapReport:
@@ -147,7 +155,8 @@ def reap(
     ``only_executor_id``/``only_framework_id`` restrict the domains considered to one
     executor's (what an executor calls at start-up); ``orphan_files`` (default: only when no
     such restriction is given) also scans the overlay and key directories for files of no
-    domain; ``journals`` are sandbox journals to finish the teardown of. Never raises for one
+    domain; ``journals`` are sandbox journals to finish the teardown of; ``owner_dir_pass``
+    also replays the journals of dead owner files and deletes those files. Never raises for one
     leftover: failures are collected in ``report.errors``.
     """
     report = ReapReport(dry_run=dry_run)
@@ -158,16 +167,26 @@ def reap(
         report.errors.append(f"cannot list domains: {exc}")
         return report
     for domain in domains:
-        leftover = _judge_domain(domain, procs, only_executor_id, only_framework_id, report)
+        leftover = _judge_domain(settings, domain, procs, only_executor_id, only_framework_id, report)
         if leftover is not None:
             report.found.append(leftover)
             if not dry_run:
                 _remove_domain(settings, hypervisor, leases, leftover, report)
-    for journal in journals:
+    dead_owners = (_dead_owner_files(settings, only_executor_id, only_framework_id, report)
+                   if owner_dir_pass else {})
+    journal_errors: dict[Path, int] = {}
+    replay = [*journals, *(j for j in dead_owners.values() if j is not None)]
+    for journal in dict.fromkeys(replay):
+        errors_before = len(report.errors)
         for leftover, remove in _from_journal(settings, hypervisor, leases, journal, procs, report):
             report.found.append(leftover)
             if not dry_run:
                 remove()
+        journal_errors[journal] = len(report.errors) - errors_before
+    if not dry_run:
+        for owner_file, replayed in dead_owners.items():
+            if replayed is None or journal_errors.get(replayed) == 0:
+                _delete(owner_file, report)
     if orphan_files if orphan_files is not None else (only_executor_id is None and only_framework_id is None):
         listed = {d.name for d in domains}
         seen = {leftover.path for leftover in report.found if leftover.path}
@@ -180,7 +199,50 @@ def reap(
     return report
 
 
-def _judge_domain(domain: OwnedDomain, procs: ProcessTable, only_executor_id: Optional[str],
+def owner_alive(settings: Settings, owner: Owner, procs: ProcessTable) -> bool:
+    """Whether ``owner`` still runs: its owner file's lock, or (older records) its pid."""
+    if owner.owner_file:
+        path = Path(owner.owner_file)
+        if not is_owner_file_path(path, settings.vm.owner_dir):
+            log.debug("owner file %r is not in %s: its owner counts as alive", owner.owner_file,
+                      settings.vm.owner_dir)
+            return True
+        return liveness(path) is not Liveness.DEAD
+    return procs.is_alive(owner.executor_pid, owner.executor_start_time)
+
+
+def _dead_owner_files(settings: Settings, only_executor_id: Optional[str], only_framework_id: Optional[str],
+                      report: ReapReport) -> dict[Path, Optional[Path]]:
+    """Owner files whose owner is gone, each with the journal it names (None: no usable one)."""
+    dead: dict[Path, Optional[Path]] = {}
+    try:
+        candidates = owner_files(settings.vm.owner_dir)
+    except OSError as exc:
+        report.errors.append(f"cannot list {settings.vm.owner_dir}: {exc}")
+        return dead
+    for path in candidates:
+        if liveness(path) is not Liveness.DEAD:
+            continue
+        try:
+            record = read_owner_file(path)
+        except FileNotFoundError:
+            continue  # removed meanwhile (by its owner's clean exit, or another reaper)
+        except OSError as exc:
+            report.errors.append(f"cannot read the owner file {path}: {exc}")
+            continue
+        if only_executor_id is not None and record.executor_id != only_executor_id:
+            continue
+        if only_framework_id is not None and record.framework_id != only_framework_id:
+            continue
+        journal = Path(record.journal) if record.journal else None
+        if journal is not None and (journal.name != JOURNAL_FILE or journal.parent.name != JOURNAL_DIR
+                                    or not journal.is_file() or journal.is_symlink()):
+            journal = None  # not a journal (or its sandbox was garbage-collected): nothing to replay
+        dead[path] = journal
+    return dead
+
+
+def _judge_domain(settings: Settings, domain: OwnedDomain, procs: ProcessTable, only_executor_id: Optional[str],
                   only_framework_id: Optional[str], report: ReapReport) -> Optional[Leftover]:
     """A Leftover if ``domain`` is ours and its owner is gone; None (noted in kept) otherwise."""
     if not is_our_domain_name(domain.name):
@@ -190,16 +252,15 @@ def _judge_domain(domain: OwnedDomain, procs: ProcessTable, only_executor_id: Op
         return None
     if only_framework_id is not None and owner.framework_id != only_framework_id:
         return None
-    if owner.executor_pid <= 0:
-        # vm-isolation-boot and direct GuestLauncher users record no owner pid: their liveness
+    if owner.executor_pid <= 0 and not owner.owner_file:
+        # vm-isolation-boot and direct GuestLauncher users record no owner: their liveness
         # cannot be judged, so they are never reaped automatically.
-        report.kept.append(f"{domain.name}: no owner pid recorded; remove it by hand if it is stale")
+        report.kept.append(f"{domain.name}: no owner pid or owner file recorded; remove it by hand if it is stale")
         return None
-    if procs.is_alive(owner.executor_pid, owner.executor_start_time):
-        report.kept.append(f"{domain.name}: owner pid {owner.executor_pid} is alive")
+    if owner_alive(settings, owner, procs):
+        report.kept.append(f"{domain.name}: owner {_describe(owner)} is alive")
         return None
-    reason = (f"owner executor {owner.executor_id!r} (pid {owner.executor_pid}, started "
-              f"{owner.executor_start_time or '?'}) is gone")
+    reason = f"owner executor {owner.executor_id!r} ({_describe(owner)}) is gone"
     return Leftover(Kind.DOMAIN, domain.name, reason, macs=domain.macs, owner=asdict(owner))
 
 
@@ -240,6 +301,11 @@ def _release_lease(network: str, leases: LeaseBook, name: str, mac: str, lease: 
     report.removed.append(f"released lease {lease.ip} ({mac}) of {name}")
 
 
+def _describe(owner: Owner) -> str:
+    pid = f"pid {owner.executor_pid}, started {owner.executor_start_time or '?'}"
+    return f"{pid}, owner file {owner.owner_file}" if owner.owner_file else pid
+
+
 def _overlay_path(settings: Settings, name: str) -> Path:
     return settings.vm.overlay_dir / f"{name}{OVERLAY_SUFFIX}"
 
@@ -259,11 +325,11 @@ def _from_journal(settings: Settings, hypervisor: DomainTable, leases: LeaseBook
     for problem in journal.problems:
         log.warning("%s", problem)
     owner = journal.owner
-    if owner is None or owner.executor_pid <= 0:
-        report.kept.append(f"{path}: records no owner pid; left alone")
+    if owner is None or (owner.executor_pid <= 0 and not owner.owner_file):
+        report.kept.append(f"{path}: records no owner; left alone")
         return
-    if procs.is_alive(owner.executor_pid, owner.executor_start_time):
-        report.kept.append(f"{path}: owner pid {owner.executor_pid} is alive")
+    if owner_alive(settings, owner, procs):
+        report.kept.append(f"{path}: owner {_describe(owner)} is alive")
         return
     for res in journal.outstanding:
         if res.kind in ("domain", "launcher") or not is_our_domain_name(res.domain):
@@ -271,8 +337,7 @@ def _from_journal(settings: Settings, hypervisor: DomainTable, leases: LeaseBook
         if _defined(hypervisor, res.domain, report):
             report.kept.append(f"{path}: {res.kind} of {res.domain} left to its domain, which is defined")
             continue
-        reason = (f"recorded in {path} by executor pid {owner.executor_pid} (gone); "
-                  f"no domain {res.domain} is defined")
+        reason = f"recorded in {path} by executor {_describe(owner)} (gone); no domain {res.domain} is defined"
         if res.kind == "lease":
             yield from _journal_leases(settings, leases, res.domain, res.mac, res.network, reason, report)
             continue

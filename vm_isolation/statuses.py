@@ -24,10 +24,13 @@ class TaskState(enum.StrEnum):
     FAILED = "TASK_FAILED"
     KILLED = "TASK_KILLED"
     ERROR = "TASK_ERROR"
+    DROPPED = "TASK_DROPPED"
+    """Never started: the executor was already exiting (see Executor's linger)."""
 
     @property
     def terminal(self) -> bool:
-        return self in (TaskState.FINISHED, TaskState.FAILED, TaskState.KILLED, TaskState.ERROR)
+        return self in (TaskState.FINISHED, TaskState.FAILED, TaskState.KILLED, TaskState.ERROR,
+                        TaskState.DROPPED)
 
 
 class Reason(enum.StrEnum):

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable, Optional, Protocol
 
 from . import sandbox
@@ -28,7 +27,6 @@ from .guest import Cancelled, Guest, GuestLauncher, GuestRequest, console_tail
 from .ids import domain_name_for
 from .journal import NO_JOURNAL, ResourceJournal
 from .launcher import GUEST_PATH, LaunchSpec
-from .procinfo import own_start_time
 from .statuses import Outcome, Reason, TaskState, outcome_for_error
 from .taskrun import ExitStatus, run_launcher, signal_task, watch_guest
 from .tasks import TaskSpec
@@ -55,6 +53,8 @@ class WorkerContext:
     mirror_stdout: Optional[Callable[[bytes], None]] = None
     mirror_stderr: Optional[Callable[[bytes], None]] = None
     journal: ResourceJournal = NO_JOURNAL
+    owner: Owner = Owner()
+    """The executor's owner record (owner file, pid, ids); each guest adds its task id."""
 
 
 class TaskWorker:
@@ -83,15 +83,17 @@ class TaskWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def kill(self, grace_s: Optional[float], why: str) -> None:
-        """Start killing the task; returns at once (the escalation runs on its own thread)."""
+    def kill(self, grace_s: Optional[float], why: str, *, sigkill_wait_s: float = DESTROY_AFTER_SIGKILL_S) -> None:
+        """Start killing the task: SIGTERM, SIGKILL after ``grace_s``, destroy the domain
+        ``sigkill_wait_s`` later if the command still runs. Returns at once (the escalation runs
+        on its own thread)."""
         with self._lock:
             if self._kill_reason is not None or self.finished.is_set():
                 return
             self._kill_reason = why
             self.cancel.set()
         grace = self.ctx.settings.executor.kill_grace_s if grace_s is None else grace_s
-        threading.Thread(target=self._escalate, args=(grace,), name="kill-" + self._thread.name,
+        threading.Thread(target=self._escalate, args=(grace, sigkill_wait_s), name="kill-" + self._thread.name,
                          daemon=True).start()
 
     def join(self, timeout_s: Optional[float] = None) -> None:
@@ -181,7 +183,7 @@ class TaskWorker:
         return outcome_for_error(exc)
 
     # --- kill escalation (own thread) --------------------------------------------------------
-    def _escalate(self, grace_s: float) -> None:
+    def _escalate(self, grace_s: float, sigkill_wait_s: float) -> None:
         with self._lock:
             guest, pgid = self._guest, self._pgid
         if guest is None:
@@ -194,7 +196,7 @@ class TaskWorker:
             if self.run_ended.wait(grace_s):
                 return
             self._signal(guest, pgid, signal.SIGKILL)
-            if self.run_ended.wait(DESTROY_AFTER_SIGKILL_S):
+            if self.run_ended.wait(sigkill_wait_s):
                 return
         self._destroy()
 
@@ -219,9 +221,8 @@ class TaskWorker:
             base_image=self.ctx.settings.images.base(self.spec.image),
             vcpus=self.spec.vcpus,
             memory_mib=self.spec.memory_mib,
-            owner=Owner(framework_id=self.ctx.env.framework_id, executor_id=self.ctx.env.executor_id,
-                        task_id=self.spec.task_id, container_id=self.ctx.container_id,
-                        executor_pid=os.getpid(), executor_start_time=own_start_time()),
+            owner=replace(self.ctx.owner, task_id=self.spec.task_id,
+                          container_id=self.ctx.container_id or self.ctx.owner.container_id),
             console_log=self.task_dir / "console.log",
             journal=self.ctx.journal,
         )

@@ -33,7 +33,7 @@ from .guest import Cancelled, Guest, GuestLauncher, GuestRequest
 from .ids import domain_name_for
 from .journal import NO_JOURNAL, ResourceJournal
 from .launcher import GUEST_PATH, LaunchSpec
-from .procinfo import own_start_time
+from .procinfo import birth_time, process_start_wallclock
 from .taskrun import run_launcher, signal_task, watch_guest
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ class Wrapper:
     def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher, command: InnerCommand,
                  *, bridge_address: Callable[[], str], out: Callable[[bytes], None],
                  err: Callable[[bytes], None], journal: ResourceJournal = NO_JOURNAL,
+                 owner: Optional[Owner] = None, wallclock: Callable[[], float] = time.time,
                  host_cwd: Optional[Path] = None) -> None:
         self.settings = settings
         self.env = env
@@ -140,6 +141,9 @@ class Wrapper:
         self._out = out
         self._err = err
         self._journal = journal
+        self._owner = owner or Owner()
+        self._wallclock = wallclock
+        """The executor's owner record (its owner file, pid and ids): recorded on the guest."""
         self._host_cwd = host_cwd if host_cwd is not None else env.directory
         """Where the agent (or the framework's ``cd``) started us: mapped into the guest sandbox."""
         self._cancel = threading.Event()
@@ -148,31 +152,58 @@ class Wrapper:
         self._pgid: Optional[int] = None
         self._lost = ""
         self._terminating = False
+        self._over_budget = False
 
     def run(self) -> int:
         request = self._request()
-        budget = threading.Timer(self.settings.executor.wrap_boot_budget_s, self._cancel.set)
+        spent = self._registration_window_spent_s()
+        remaining = self.settings.executor.wrap_boot_budget_s - spent
+        if remaining <= 0:
+            self._say_over_budget(spent)
+            return EXIT_WRAPPER_FAILED
+        log.info("%.1f s of the registration window already spent (fetch, start-up): %.1f s left for boot, "
+                 "SSH and the sandbox upload ([executor] wrap_boot_budget_s)", spent, remaining)
+        budget = threading.Timer(remaining, self._budget_expired)
         budget.daemon = True
-        started = time.monotonic()
         budget.start()
         try:
             with self.launcher.boot(request, cancel=self._cancel, progress=self._progress) as guest:
-                budget.cancel()
                 self._guest = guest
-                return self._run_inner(guest)
-        except Cancelled:
-            if self._terminating:
+                return self._run_inner(guest, budget)
+        except (Cancelled, VmIsolationError) as exc:
+            if self._over_budget:
+                self._say_over_budget(spent + remaining)
+            elif self._terminating:
                 log.warning("terminated while the guest booted")
-                return EXIT_WRAPPER_FAILED
-            log.error("booting the guest and reaching it over SSH took more than %.0f s ([executor] "
-                      "wrap_boot_budget_s): giving up now rather than letting the agent's executor "
-                      "registration timeout (1 min by default) expire silently", time.monotonic() - started)
-            return EXIT_WRAPPER_FAILED
-        except VmIsolationError as exc:
-            log.error("%s", exc)
+            else:
+                log.error("%s", exc)
             return EXIT_WRAPPER_FAILED
         finally:
             budget.cancel()
+
+    def _registration_window_spent_s(self) -> float:
+        """Seconds since the agent's executor registration timer started: it starts before the
+        fetch, right after the agent created the sandbox, so the sandbox's creation time is the
+        best bound (our own process start where the filesystem keeps no creation time)."""
+        started = birth_time(self.env.directory) or process_start_wallclock(os.getpid())
+        return max(0.0, self._wallclock() - started) if started else 0.0
+
+    def _budget_expired(self) -> None:
+        """Stop whatever is in progress (boot, SSH, upload) unless the inner executor started."""
+        if self._pgid is not None:
+            return
+        self._over_budget = True
+        self._cancel.set()
+        guest = self._guest
+        if guest is not None:  # the upload: destroying the guest ends it at once
+            self.launcher.hypervisor.destroy(guest.name)
+
+    def _say_over_budget(self, seconds: float) -> None:
+        log.error("the inner executor could not be started within %.0f s of the agent's executor registration "
+                  "window ([executor] wrap_boot_budget_s, counted from the sandbox's creation: the fetch, the "
+                  "boot, SSH and the sandbox upload): giving up now rather than letting the agent's "
+                  "--executor_registration_timeout (1 min by default) expire silently; raise both for large "
+                  "sandboxes or slow hosts", seconds)
 
     def terminate(self) -> None:
         """SIGTERM from the agent: forward it, destroy the guest if the inner executor lingers."""
@@ -181,10 +212,13 @@ class Wrapper:
         threading.Thread(target=self._escalate, daemon=True, name="wrap-terminate").start()
 
     # --- the run -----------------------------------------------------------------------
-    def _run_inner(self, guest: Guest) -> int:
+    def _run_inner(self, guest: Guest, budget: threading.Timer) -> int:
         endpoint = self._reachable_agent_endpoint(guest)
         copied = sandbox.upload(guest.remote, self.env.directory, self.settings.executor.guest_sandbox)
         log.info("uploaded %d sandbox file(s) into %s", copied, guest.name)
+        budget.cancel()
+        if self._over_budget:
+            raise Cancelled("over the registration budget")
         spec = self._launch_spec(guest, endpoint)
         watch_guest(self.launcher.hypervisor.state, guest, self._run_ended,
                     lambda state: self._guest_stopped(guest, state))
@@ -259,8 +293,7 @@ class Wrapper:
             name=domain_name_for(self.env.executor_id),
             base_image=self.settings.images.base(image),
             memory_mib=self.settings.vm.default_memory_mib,
-            owner=Owner(framework_id=self.env.framework_id, executor_id=self.env.executor_id,
-                        task_id="", executor_pid=os.getpid(), executor_start_time=own_start_time()),
+            owner=self._owner,
             console_log=self.env.directory / "console.log",
             journal=self._journal,
         )

@@ -26,7 +26,9 @@ BOOT_S = 180.0  # generous deadline for a boot under software emulation on a loa
 def executor_command(config: Path | None = None) -> dict[str, Any]:
     script = Path(sys.executable).parent / "vm-isolation-executor"
     argv = [str(script), "--config", str(config or conf_path())]
-    return {"value": argv[0], "shell": False, "arguments": argv}
+    # No linger: these executors get no task after their last (the linger has its own test).
+    return {"value": argv[0], "shell": False, "arguments": argv, "environment": {"variables": [
+        {"name": "VM_ISOLATION_EXECUTOR_LINGER_S", "value": "0"}]}}
 
 
 def task(task_id: str, command: str, **extra: Any) -> dict[str, Any]:

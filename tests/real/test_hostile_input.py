@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +20,8 @@ from typing import Any, Iterator
 import pytest
 
 from tests.real.conftest import Leftovers
-from vm_isolation.config import Settings, conf_path
+from tests.real.test_executor_e2e import executor_command
+from vm_isolation.config import Settings
 from vm_isolation.errors import InvalidTask
 from vm_isolation.ids import domain_name_for
 from vm_isolation.localagent import LocalAgent
@@ -30,12 +30,6 @@ from vm_isolation.tasks import parse_task, task_dir_name
 BOOT_S = 240.0  # four guests at once under software emulation on a loaded CI host
 ERROR_S = 90.0
 PWNED = Path("/tmp/pwned")
-
-
-def executor_command() -> dict[str, Any]:
-    script = Path(sys.executable).parent / "vm-isolation-executor"
-    argv = [str(script), "--config", str(conf_path())]
-    return {"value": argv[0], "shell": False, "arguments": argv}
 
 
 def resources(cpus: Any = 1, mem: Any = 192) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ directories), so guests of tests running in parallel on the same host are never 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.ids import domain_name_for, random_mac
 from vm_isolation.leases import Leases
 from vm_isolation.overlay import create_overlay
+from vm_isolation.ownership import Liveness, liveness, read_owner_file
 from vm_isolation.reaper import Kind, reap
 from vm_isolation.sshkeys import generate_client_key
 from vm_isolation.waiting import Deadline, poll_until
@@ -82,36 +84,86 @@ def bystanders(settings: Settings, hypervisor: LibvirtHypervisor, executor_id: s
             hypervisor.undefine(name)
 
 
+OWNER_CODE = ("import os, sys; from pathlib import Path; from vm_isolation.ownership import OwnerFile; "
+              "f = OwnerFile.create(Path(sys.argv[1]), executor_id='reaper-test', pid=os.getpid()); "
+              "print(os.getpid(), f.path, flush=True); sys.stdin.read()")
+
+
+@contextlib.contextmanager
+def owner_process(owner_dir: Path, *prefix: str) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
+    """A process holding an owner file in ``owner_dir`` until killed: (process, its own pid as it
+    sees it, the owner file). ``prefix`` runs it under another command (e.g. unshare)."""
+    owner_dir.mkdir(parents=True, exist_ok=True)
+    with subprocess.Popen([*prefix, sys.executable, "-c", OWNER_CODE, str(owner_dir)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            pid, path = proc.stdout.readline().split()
+            yield proc, int(pid), Path(path)
+        finally:
+            proc.kill()
+
+
 def test_a_dead_executors_running_guest_is_reaped_and_bystanders_are_untouched(
         settings: Settings, hypervisor: LibvirtHypervisor, launcher: GuestLauncher, leftovers: Leftovers,
-        executor_id: str, bystanders: list[str]) -> None:
-    """A booted guest of a killed owner loses domain, overlay, key dir and lease; a live owner's
-    domain, a metadata-less foreign domain and a foreign-named one stay defined."""
+        executor_id: str, bystanders: list[str], tmp_path: Path) -> None:
+    """A booted guest whose owner holds its owner-file lock is kept; once the owner is killed it
+    loses domain, overlay, key dir and lease; a live owner's domain, a metadata-less foreign
+    domain and a foreign-named one stay defined. The owner records pid 2, as an executor in a
+    pid namespace would: only the lock decides.
+
+    The owner file lives in a directory of this test, and the reaper is called with that
+    owner_dir; the host's watcher (whose owner_dir is the host's) therefore counts this owner
+    as alive throughout and leaves the guest to this test."""
+    private = replace(settings, vm=replace(settings.vm, owner_dir=tmp_path / "owners"))
     before = leftovers.snapshot()
-    req = GuestRequest(name=domain_name_for("reaped"), base_image=settings.images.base(settings.images.default),
-                       memory_mib=settings.vm.default_memory_mib, owner=dead_owner(executor_id))
-    overlay = settings.vm.overlay_dir / f"{req.name}.qcow2"
-    key_dir = settings.vm.key_dir / req.name
-    with launcher.boot(req) as guest:
-        mac = guest.mac
-        assert overlay.exists() and key_dir.is_dir() and leftovers.leases_of({mac})
-        report = reap(settings, hypervisor, Leases(hypervisor), only_executor_id=executor_id)
-        assert report.ok, report.errors
-        assert [(f.kind, f.name) for f in report.found] == [(Kind.DOMAIN, req.name)]
-        assert hypervisor.state(req.name) is None
-        assert not overlay.exists() and not key_dir.exists()
-        poll_until(lambda: True if not leftovers.leases_of({mac}) else None, Deadline.after(10),
-                   what="the reaped guest's lease to be released")
-        assert all(hypervisor.state(name) == "shutoff" for name in bystanders)
-        assert any(line.endswith("is alive") and line.startswith(bystanders[0]) for line in report.kept)
+    with owner_process(private.vm.owner_dir) as (owner_proc, _, owner_file):
+        owner = Owner(framework_id="reaper-test", executor_id=executor_id, task_id="t", executor_pid=2,
+                      executor_start_time="1", owner_file=str(owner_file))
+        req = GuestRequest(name=domain_name_for("reaped"), base_image=settings.images.base(settings.images.default),
+                           memory_mib=settings.vm.default_memory_mib, owner=owner)
+        overlay = settings.vm.overlay_dir / f"{req.name}.qcow2"
+        key_dir = settings.vm.key_dir / req.name
+        with launcher.boot(req) as guest:
+            mac = guest.mac
+            assert overlay.exists() and key_dir.is_dir() and leftovers.leases_of({mac})
+            alive = reap(private, hypervisor, Leases(hypervisor), only_executor_id=executor_id)
+            assert alive.found == [] and hypervisor.state(req.name) == "running"
+            owner_proc.kill()
+            owner_proc.wait()
+            report = reap(private, hypervisor, Leases(hypervisor), only_executor_id=executor_id)
+            assert report.ok, report.errors
+            assert [(f.kind, f.name) for f in report.found] == [(Kind.DOMAIN, req.name)]
+            assert hypervisor.state(req.name) is None
+            assert not overlay.exists() and not key_dir.exists()
+            poll_until(lambda: True if not leftovers.leases_of({mac}) else None, Deadline.after(10),
+                       what="the reaped guest's lease to be released")
+            assert all(hypervisor.state(name) == "shutoff" for name in bystanders)
+            assert any(line.endswith("is alive") and line.startswith(bystanders[0]) for line in report.kept)
     # The launcher's own teardown then finds nothing left to undo, and does not fail.
     leftovers.assert_none_since(before, {mac}, prefixes=["vmiso-reaped-"])
+
+
+def test_an_owner_in_another_pid_namespace_is_judged_by_its_lock(tmp_path: Path) -> None:
+    """Under the agent's namespaces/pid isolator the executor's own pid means nothing on the host.
+    A real pid namespace (unshare): the owner sees itself as pid 1; the host's pid 1 is another
+    process, started at another time. The lock still says alive, then dead once it is killed."""
+    unshare = ("unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
+    with owner_process(tmp_path / "owners", *unshare) as (proc, pid, path):
+        assert pid == 1
+        assert read_owner_file(path).pid == 1
+        assert liveness(path) is Liveness.ALIVE
+        proc.kill()
+        proc.wait()
+        poll_until(lambda: True if liveness(path) is Liveness.DEAD else None, Deadline.after(10),
+                   what="the namespaced owner's lock to be released")
 
 
 @pytest.fixture
 def private_settings(settings: Settings, tmp_path: Path) -> Settings:
     """The host's settings with overlay and key directories of this test only."""
-    vm = replace(settings.vm, overlay_dir=tmp_path / "overlays", key_dir=tmp_path / "keys")
+    vm = replace(settings.vm, overlay_dir=tmp_path / "overlays", key_dir=tmp_path / "keys",
+                 owner_dir=tmp_path / "run" / "owners")
     vm.overlay_dir.mkdir()
     return replace(settings, vm=vm)
 

@@ -108,3 +108,16 @@ def test_missing_agent_variables_are_named() -> None:
     """Started outside an agent, the error says which variables are missing."""
     with pytest.raises(ConfigError, match="MESOS_AGENT_ENDPOINT"):
         mesos_environment({"MESOS_FRAMEWORK_ID": "fw"})
+
+
+@pytest.mark.parametrize("ssl,downgrade,refused", [
+    ("true", "", True), ("1", "false", True), ("TRUE", "", True),
+    ("true", "true", False), ("false", "", False), ("", "", False),
+])
+def test_an_ssl_only_agent_is_refused_at_once_naming_the_fix(ssl: str, downgrade: str, refused: bool) -> None:
+    env = {**AGENT_ENV, "LIBPROCESS_SSL_ENABLED": ssl, "LIBPROCESS_SSL_SUPPORT_DOWNGRADE": downgrade}
+    if refused:
+        with pytest.raises(ConfigError, match="LIBPROCESS_SSL_SUPPORT_DOWNGRADE=true"):
+            mesos_environment(env)
+    else:
+        assert mesos_environment(env).executor_id == AGENT_ENV["MESOS_EXECUTOR_ID"]

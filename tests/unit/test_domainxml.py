@@ -19,6 +19,7 @@ HOSTILE_OWNER = Owner(
     executor_pid=4242,
     executor_start_time="123456",
     created_at=1732200000.5,
+    owner_file="/run/vm-isolation/owners/0123456789abcdef0123456789abcdef.owner",
 )
 
 

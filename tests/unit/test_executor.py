@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Optional
 import pytest
 
 from tests.unit.fakes import FakeDisks, FakeHypervisor, FakeRemote, fake_key_factory
-from vm_isolation.config import MesosEnvironment, Settings, VmSettings
+from vm_isolation.config import ExecutorSettings, MesosEnvironment, Settings, VmSettings
 from vm_isolation.executor import Executor
 from vm_isolation.guest import GuestLauncher
 from vm_isolation.leases import Leases
@@ -76,9 +76,15 @@ World = tuple[Executor, FakeAgent, FakeHypervisor, Guests]
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def linger_s() -> float:
+    return 0.0
+
+
+@pytest.fixture
+def world(tmp_path: Path, linger_s: float) -> Iterator[World]:
     settings = replace(Settings(), vm=VmSettings(overlay_dir=tmp_path / "o", key_dir=tmp_path / "k",
-                                                 console_dir=tmp_path))
+                                                 console_dir=tmp_path),
+                       executor=ExecutorSettings(linger_s=linger_s))
     hv = FakeHypervisor()
     guests = Guests()
     launcher = GuestLauncher(settings, hv, Leases(hv, status_dir=tmp_path / "none", release_command="true"),
@@ -113,7 +119,7 @@ def test_a_second_launch_of_a_running_task_is_ignored(world: World) -> None:
     executor.on_launch(task("dup", "echo impostor"))
     assert defines(hv) == 1 and agent.states("dup") == ["TASK_STARTING", "TASK_RUNNING"]
     guests.release.set()
-    assert executor.wait(WAIT_S) == 0
+    assert executor.wait(WAIT_S) == 0 and executor.done
     assert agent.states("dup") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"] and defines(hv) == 1
 
 
@@ -128,7 +134,7 @@ def test_reusing_the_id_of_a_finished_task_is_a_task_error(world: World) -> None
     assert message is not None and "already used" in message and "new task id" in message
     assert defines(hv) == 2
     guests.release.set()
-    assert executor.wait(WAIT_S) == 0
+    assert executor.wait(WAIT_S) == 0 and executor.done
 
 
 def test_a_kill_for_an_unknown_or_finished_task_changes_nothing(world: World) -> None:
@@ -141,7 +147,40 @@ def test_a_kill_for_an_unknown_or_finished_task_changes_nothing(world: World) ->
     executor.on_kill("done", 1.0)
     executor.on_kill("never-launched", None)
     guests.release.set()
-    assert executor.wait(WAIT_S) == 0
+    assert executor.wait(WAIT_S) == 0 and executor.done
     assert agent.states("done") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
     assert agent.states("busy") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
     assert agent.states("never-launched") == []
+
+
+@pytest.mark.parametrize("linger_s", [0.5])
+def test_a_launch_during_the_linger_is_run_and_the_executor_exits_after_the_last(world: World) -> None:
+    """A framework that sends task N+1 to the same executor the moment task N ended: it runs."""
+    executor, agent, hv, guests = world
+    executor.on_launch(task("first", "true"))
+    agent.wait_for("first", "TASK_FINISHED")
+    assert not executor.done, "it lingers after its last task"
+    executor.on_launch(task("second", "true"))
+    agent.wait_for("second", "TASK_FINISHED")
+    assert executor.wait(WAIT_S) == 0 and executor.done
+    assert agent.states("second") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+
+
+@pytest.mark.parametrize("linger_s", [0.2])
+def test_a_launch_once_the_executor_is_exiting_is_dropped_saying_why(world: World) -> None:
+    executor, agent, hv, guests = world
+    executor.on_launch(task("only", "true"))
+    assert executor.wait(WAIT_S) == 0 and executor.done
+    executor.on_launch(task("late", "true"))
+    agent.wait_for("late", "TASK_DROPPED")
+    message = [m for tid, state, m in agent.updates if tid == "late"][0]
+    assert message is not None and "linger_s" in message and "launch the task again" in message
+    assert defines(hv) == 1
+
+
+@pytest.mark.parametrize("linger_s", [60.0])
+def test_as_the_command_executor_it_exits_with_its_task(world: World) -> None:
+    """Its task carries the executor's own id (the agent's command executor): nothing can follow."""
+    executor, agent, hv, guests = world
+    executor.on_launch(task("ex", "true"))
+    assert executor.wait(WAIT_S) == 0 and executor.done

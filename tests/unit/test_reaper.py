@@ -81,10 +81,11 @@ class FakeProcesses:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    overlays, keys = tmp_path / "overlays", tmp_path / "keys"
+    overlays, keys, owners = tmp_path / "overlays", tmp_path / "keys", tmp_path / "run" / "owners"
     overlays.mkdir()
     keys.mkdir()
-    return replace(Settings(), vm=VmSettings(overlay_dir=overlays, key_dir=keys))
+    owners.mkdir(parents=True)
+    return replace(Settings(), vm=VmSettings(overlay_dir=overlays, key_dir=keys, owner_dir=owners))
 
 
 def domain(settings: Settings, name: str, pid: int, start: str = "4242", *, executor_id: str = "exec-1",
@@ -137,7 +138,7 @@ def test_a_domain_whose_owner_is_alive_is_left_alone(settings: Settings) -> None
                   orphan_min_age_s=0, wallclock=later)
     assert report.found == [] and hv.calls == []
     assert overlay.exists() and key_dir.exists()
-    assert report.kept == [f"{LIVE_NAME}: owner pid 555 is alive"]
+    assert report.kept == [f"{LIVE_NAME}: owner pid 555, started 100 is alive"]
 
 
 def test_a_reused_pid_is_detected_by_its_start_time(settings: Settings) -> None:
@@ -161,7 +162,7 @@ def test_a_domain_that_recorded_no_owner_pid_is_kept(settings: Settings) -> None
     hv = FakeDomains([domain(settings, DEAD_NAME, pid=0, start="")])
     report = reap(settings, hv, FakeLeases(), processes=FakeProcesses(), wallclock=lambda: NOW)
     assert report.found == [] and hv.calls == []
-    assert "no owner pid recorded" in report.kept[0]
+    assert "no owner pid or owner file recorded" in report.kept[0]
 
 
 def test_orphaned_overlays_and_key_dirs_without_a_domain_are_removed(settings: Settings) -> None:
@@ -335,7 +336,7 @@ def test_a_journal_whose_owner_is_alive_or_whose_domain_is_defined_is_left_alone
     leases = FakeLeases({MAC: [lease(MAC, hostname=DEAD_NAME)]})
     alive = reap(settings, FakeDomains([]), leases, processes=FakeProcesses({777: "4242"}),
                  orphan_files=False, journals=[journal_of(tmp_path, settings, DEAD_NAME)])
-    assert alive.found == [] and alive.kept[-1].endswith("owner pid 777 is alive")
+    assert alive.found == [] and alive.kept[-1].endswith("owner pid 777, started 4242 is alive")
     defined = reap(settings, FakeDomains([], others=(DEAD_NAME,)), leases, processes=FakeProcesses(),
                    orphan_files=False, journals=[journal_of(tmp_path, settings, DEAD_NAME)])
     assert defined.found == [] and overlay.exists() and key_dir.exists() and leases.released == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from vm_isolation.config import mesos_environment
 from vm_isolation.errors import HostError
 from vm_isolation.launcher import render_launcher
+from vm_isolation.procinfo import birth_time
 from vm_isolation.wrap import InnerCommand, guest_environment, guest_workdir, inner_launch_spec, split_endpoint
 
 AGENT_ENV = {
@@ -115,3 +118,32 @@ def test_without_a_working_directory_the_inner_executor_starts_in_the_sandbox_ro
                              host_cwd=env.directory)
     assert (spec.workdir, spec.executable, tuple(spec.arguments)) == ("/mnt/mesos/sandbox", "python3",
                                                                        ("python3", "exec.py"))
+
+
+class _NeverBoots:
+    """A launcher whose boot must not be reached (the budget is spent before it)."""
+
+    hypervisor = None
+
+    def boot(self, *args: object, **kwargs: object) -> object:
+        raise AssertionError("booted although the registration window was already spent")
+
+
+def test_a_sandbox_older_than_the_wrap_budget_gives_up_before_booting(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The agent's registration timer starts before the fetch; a fetch that ate the window ends
+    the wrapper at once with a line saying so, instead of a silent registration timeout."""
+    from vm_isolation.config import ExecutorSettings, Settings
+    from vm_isolation.wrap import Wrapper
+
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    env = mesos_environment({**AGENT_ENV, "MESOS_DIRECTORY": str(sandbox)})
+    settings = replace(Settings(), executor=ExecutorSettings(wrap_boot_budget_s=50))
+    created = birth_time(sandbox) or time.time()
+    wrapper = Wrapper(settings, env, _NeverBoots(), InnerCommand(("true",)),  # type: ignore[arg-type]
+                      bridge_address=lambda: "192.168.122.1", out=lambda b: None, err=lambda b: None,
+                      wallclock=lambda: created + 55)
+    assert wrapper._registration_window_spent_s() == pytest.approx(55, abs=1)
+    assert wrapper.run() == 1
+    assert "registration window" in caplog.text and "wrap_boot_budget_s" in caplog.text

@@ -34,10 +34,12 @@ from ..executor import Executor
 from ..guest import GuestLauncher
 from ..hostnet import bridge_ipv4
 from ..hypervisor import LibvirtHypervisor
-from ..journal import Journal, earlier_runs
+from ..journal import Journal, earlier_runs, journal_path
 from ..leases import Leases
+from ..ownership import OwnerFile
 from ..procinfo import own_start_time
 from ..reaper import reap
+from ..reaperwatch import reaper_watch_running
 from ..wiring import real_launcher
 from ..wrap import InnerCommand, Wrapper
 from .common import configure_logging
@@ -74,23 +76,46 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _check(settings)
     try:
         env = mesos_environment()
-        journal = Journal.in_sandbox(env.directory, Owner(
-            framework_id=env.framework_id, executor_id=env.executor_id, container_id=env.directory.name,
-            executor_pid=os.getpid(), executor_start_time=own_start_time()))
+        owner_file, owner = _own(settings, env)
+        journal = Journal.in_sandbox(env.directory, owner)
     except VmIsolationError as exc:
         log.error("%s", exc)
         return 1
+    try:
+        return _serve(args, inner, settings, env, owner, journal)
+    finally:
+        journal.close()
+        owner_file.release()  # only now: every guest of ours is gone (or left to the reaper)
+
+
+def _own(settings: Settings, env: MesosEnvironment) -> tuple[OwnerFile, Owner]:
+    """This process's owner file (locked while it lives) and the owner record every guest carries."""
+    pid, started = os.getpid(), own_start_time()
+    owner_file = OwnerFile.create(settings.vm.owner_dir, framework_id=env.framework_id,
+                                  executor_id=env.executor_id, pid=pid, start_time=started,
+                                  journal=journal_path(env.directory))
+    if not reaper_watch_running(settings):
+        log.warning("no vm-isolation-reap --watch is running on this host: if this executor is "
+                    "SIGKILLed (as the agent destroys containers), its guests keep running until a "
+                    "reaper runs; host set-up (python -m vm_isolation.hostsetup) starts the watcher")
+    return owner_file, Owner(framework_id=env.framework_id, executor_id=env.executor_id,
+                             container_id=env.directory.name, executor_pid=pid, executor_start_time=started,
+                             owner_file=str(owner_file.path))
+
+
+def _serve(args: argparse.Namespace, inner: list[str], settings: Settings, env: MesosEnvironment, owner: Owner,
+           journal: Journal) -> int:
     # Started by the agent at any time, maybe while libvirtd restarts (2-8 s): wait a little.
     hypervisor = LibvirtHypervisor(settings.libvirt.uri, first_connect_s=FIRST_CONNECT_S)
     _reap_earlier_run(settings, hypervisor, env)
     launcher = real_launcher(settings, hypervisor)
     if args.wrap:
         return _wrap(settings, env, launcher, hypervisor, InnerCommand(tuple(inner), args.shell, args.tunnel),
-                     journal)
+                     journal, owner)
     # Imported here: pymesos must be imported on the main thread, and only when serving.
     from ..mesos import AgentConnection
 
-    executor = Executor(settings, env, launcher, journal=journal,
+    executor = Executor(settings, env, launcher, journal=journal, owner=owner,
                         mirror_stdout=_mirror(sys.stdout.buffer), mirror_stderr=_mirror(sys.stderr.buffer))
     connection = AgentConnection(env, executor)
     executor.attach(connection)
@@ -106,7 +131,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _wrap(settings: Settings, env: MesosEnvironment, launcher: GuestLauncher, hypervisor: LibvirtHypervisor,
-          command: InnerCommand, journal: Journal) -> int:
+          command: InnerCommand, journal: Journal, owner: Owner) -> int:
     if bool(command.argv) == (command.shell is not None):
         log.error("--wrap needs the inner executor either after -- (argv) or as --shell 'COMMAND'")
         return 2
@@ -114,7 +139,7 @@ def _wrap(settings: Settings, env: MesosEnvironment, launcher: GuestLauncher, hy
     wrapper = Wrapper(settings, env, launcher, command,
                       bridge_address=lambda: bridge_ipv4(bridge),
                       out=_mirror(sys.stdout.buffer), err=_mirror(sys.stderr.buffer), journal=journal,
-                      host_cwd=Path.cwd())
+                      owner=owner, host_cwd=Path.cwd())
     _on_sigterm(wrapper.terminate)
     log.info("wrap mode: executor %s of framework %s, agent %s", env.executor_id, env.framework_id,
              env.agent_endpoint)

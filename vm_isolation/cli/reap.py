@@ -2,12 +2,17 @@
 
     vm-isolation-reap [--dry-run] [--json] [--config PATH] [--min-age SECONDS]
                       [--work-dir DIR] [--journal PATH ...]
+    vm-isolation-reap --watch [--interval SECONDS] [--full-every SECONDS] [--work-dir DIR]
 
 Only domains vm-isolation created (owner metadata and a vmiso- name) whose owning executor is
 gone are touched, plus overlays and key directories of no domain, plus what the sandbox
 journals of dead executors list (under the agent's --work_dir, and any --journal given).
 Exit status: 0 when nothing was found or everything found was removed (or, with --dry-run,
 listed), 1 when a removal failed, 2 when the configuration or libvirt is unusable.
+
+``--watch`` runs as the host's service (see vm_isolation/reaperwatch.py; host set-up starts it,
+``conf/systemd/vm-isolation-reaper.service`` is its unit): a dead executor's guests are gone
+within about a second of its death. It exits 0 on SIGTERM/SIGINT, 1 if another watcher runs.
 """
 
 from __future__ import annotations
@@ -15,20 +20,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Optional
 
-from ..config import load_settings
+from ..config import Settings, load_settings
 from ..errors import VmIsolationError
 from ..hypervisor import LibvirtHypervisor
 from ..journal import journals_under
 from ..leases import Leases
 from ..reaper import DEFAULT_ORPHAN_MIN_AGE_S, ReapReport, reap
+from ..reaperwatch import DEFAULT_FULL_EVERY_S, DEFAULT_INTERVAL_S, WatchLock, watch, watch_lock_path
 from .common import configure_logging
 
 log = logging.getLogger("vm-isolation-reap")
 DEFAULT_AGENT_WORK_DIR = Path("/var/lib/mesos")
+FIRST_CONNECT_S = 60.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_AGENT_WORK_DIR}; skipped if absent)")
     p.add_argument("--journal", type=Path, action="append", default=[], metavar="PATH",
                    help="also finish the teardown this journal records (repeatable)")
+    p.add_argument("--watch", action="store_true",
+                   help="keep running: reap dead executors' guests every --interval seconds (the host service)")
+    p.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
+                   help=f"--watch: seconds between checks of the guests' owners (default {DEFAULT_INTERVAL_S:g})")
+    p.add_argument("--full-every", type=float, default=DEFAULT_FULL_EVERY_S, metavar="SECONDS",
+                   help="--watch: seconds between full passes (journals under --work-dir, orphaned files; "
+                        f"default {DEFAULT_FULL_EVERY_S:g})")
     return p
 
 
@@ -55,6 +73,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except VmIsolationError as exc:
         log.error("%s", exc)
         return 2
+    if args.watch:
+        return _watch(settings, args)
     hypervisor = LibvirtHypervisor(settings.libvirt.uri)
     try:
         journals = dict.fromkeys([*journals_under(args.work_dir), *args.journal])
@@ -67,6 +87,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         _print_text(report)
     return 0 if report.ok else 1
+
+
+def _watch(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        lock = WatchLock(watch_lock_path(settings), {"pid": os.getpid(), "exe": str(Path(sys.argv[0]).resolve()),
+                                                     "started": round(time.time(), 3)})
+    except VmIsolationError as exc:
+        log.error("%s", exc)
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    # A libvirtd that is down or restarting is waited for, never a reason to exit.
+    hypervisor = LibvirtHypervisor(settings.libvirt.uri, first_connect_s=FIRST_CONNECT_S)
+    log.info("watching: owners every %.1f s, full pass every %.0f s (journals under %s)",
+             args.interval, args.full_every, args.work_dir)
+    try:
+        watch(settings, hypervisor, Leases(hypervisor), stop,
+              journals=lambda: [*journals_under(args.work_dir), *args.journal],
+              interval_s=args.interval, full_every_s=args.full_every, orphan_min_age_s=args.min_age)
+    finally:
+        hypervisor.close()
+        lock.close()
+    log.info("stopped")
+    return 0
 
 
 def _print_text(report: ReapReport) -> None:

@@ -86,7 +86,8 @@ def _task_info(args: argparse.Namespace, task_id: str, env_vars: list[dict[str, 
 
 def _run(args: argparse.Namespace, env_vars: list[dict[str, str]], work: Path) -> int:
     suffix = uuid.uuid4().hex[:8]
-    executor_id, task_id = f"vm-isolation-run-{suffix}", f"task-{suffix}"
+    # As Mesos's command executor: the executor's id is its one task's (so it exits with it).
+    executor_id = task_id = f"vm-isolation-run-{suffix}"
     with LocalAgent(work) as agent:
         handle = agent.launch_executor(executor_id, _executor_command(args.config))
         t0 = time.monotonic()
