@@ -5,7 +5,7 @@ VENV ?= venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup host venv image network lint unit clean-venv
+.PHONY: demo test test-mesos setup host venv image network lint unit clean-venv
 
 # One task through the local agent stand-in and the real executor, in a fresh real VM.
 demo: setup
@@ -15,7 +15,13 @@ test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: venv
-	$(PY) -m pytest -m 'not real' $(PYTEST_ARGS)
+	$(PY) -m pytest -m 'not real and not mesos' $(PYTEST_ARGS)
+
+# The real-cluster suite (tests/mesos): a real mesos-master and mesos-agents from MESOS_HOME
+# (a Mesos build; on these hosts ../shared/mesos), real VMs. Without MESOS_HOME it is skipped.
+MESOS_HOME ?=
+test-mesos: setup
+	$(if $(MESOS_HOME),MESOS_HOME=$(abspath $(MESOS_HOME))) $(PY) -m pytest -m mesos $(PYTEST_ARGS)
 
 setup: host venv image network
 

@@ -22,3 +22,41 @@ def tiny_mount(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+# --- VMISO_REQUIRE_MESOS=1 (CI): the real-cluster suite must have run, none of it skipped ----
+# Here, not in tests/mesos/conftest.py, so that it holds even when tests/mesos was not collected.
+
+_mesos_ran: list[str] = []
+_mesos_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "mesos" not in report.keywords:
+        return
+    if report.skipped:
+        _mesos_skipped.append(report.nodeid)
+    elif report.when == "call":
+        _mesos_ran.append(report.nodeid)
+
+
+def _mesos_requirement_broken() -> str:
+    if os.environ.get("VMISO_REQUIRE_MESOS") != "1":
+        return ""
+    if _mesos_skipped:
+        return f"VMISO_REQUIRE_MESOS=1 but {len(_mesos_skipped)} mesos test(s) were skipped: {_mesos_skipped[:3]}"
+    if not _mesos_ran:
+        return "VMISO_REQUIRE_MESOS=1 but no mesos test ran (was tests/mesos collected, -m deselecting it?)"
+    return ""
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _mesos_requirement_broken() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    broken = _mesos_requirement_broken()
+    if broken:
+        terminalreporter.section("real-cluster requirement", red=True)
+        terminalreporter.write_line(f"FAILED: {broken}", red=True)

@@ -4,8 +4,10 @@
 It never subscribes (the agent keeps one subscriber per executor id and the newest wins);
 instead it boots a guest, uploads the sandbox, and starts CMD there with the agent's
 environment rewritten for the guest (:func:`guest_environment`), so the inner executor
-subscribes from inside the VM. The wrapper lives exactly as long as the inner executor,
-streams its output into the sandbox, copies back what it wrote, and exits with its status.
+subscribes from inside the VM. It starts in the guest counterpart of the wrapper's own working
+directory (:func:`guest_workdir`: Hadoop runs ``cd <dir> && <executor command>``). The wrapper
+lives exactly as long as the inner executor, streams its output into the sandbox, copies back
+what it wrote, and exits with its status.
 SIGTERM is forwarded; a guest that dies or an SSH session lost for good makes the wrapper exit
 non-zero, so the agent reports the tasks as failed ("Executor terminated").
 """
@@ -20,6 +22,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 from . import sandbox
@@ -82,6 +85,31 @@ def guest_environment(env: MesosEnvironment, *, agent_endpoint: str, guest_ip: s
     return variables
 
 
+def guest_workdir(host_sandbox: Path, host_cwd: Path, guest_sandbox: str) -> str:
+    """The guest directory the inner executor starts in: the wrapper's working directory taken
+    relative to the host sandbox (Hadoop on Mesos runs ``cd <dir> && <executor command>``),
+    under the guest sandbox; the guest sandbox itself if that directory is outside the sandbox.
+
+    Both paths are resolved first, so a symlink out of the sandbox counts as outside.
+    """
+    try:
+        relative = host_cwd.resolve().relative_to(host_sandbox.resolve())
+    except ValueError:
+        return guest_sandbox
+    return str(PurePosixPath(guest_sandbox, *relative.parts))
+
+
+def inner_launch_spec(env: MesosEnvironment, command: InnerCommand, *, guest_ip: str, agent_endpoint: str,
+                      guest_sandbox: str, host_cwd: Path) -> LaunchSpec:
+    """What the launcher runs in the guest for the inner executor (values reach the shell only
+    through the launcher's shlex.quote)."""
+    variables = guest_environment(env, agent_endpoint=agent_endpoint, guest_ip=guest_ip, guest_sandbox=guest_sandbox)
+    workdir = guest_workdir(env.directory, host_cwd, guest_sandbox)
+    if command.shell is not None:
+        return LaunchSpec(workdir=workdir, env=variables, shell_command=command.shell)
+    return LaunchSpec(workdir=workdir, env=variables, executable=command.argv[0], arguments=command.argv)
+
+
 def _listening(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=REACH_TIMEOUT_S):
@@ -103,7 +131,8 @@ class Wrapper:
     def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher, command: InnerCommand,
                  *, bridge_address: Callable[[], str], out: Callable[[bytes], None],
                  err: Callable[[bytes], None], journal: ResourceJournal = NO_JOURNAL,
-                 owner: Optional[Owner] = None, wallclock: Callable[[], float] = time.time) -> None:
+                 owner: Optional[Owner] = None, wallclock: Callable[[], float] = time.time,
+                 host_cwd: Optional[Path] = None) -> None:
         self.settings = settings
         self.env = env
         self.launcher = launcher
@@ -115,6 +144,8 @@ class Wrapper:
         self._owner = owner or Owner()
         self._wallclock = wallclock
         """The executor's owner record (its owner file, pid and ids): recorded on the guest."""
+        self._host_cwd = host_cwd if host_cwd is not None else env.directory
+        """Where the agent (or the framework's ``cd``) started us: mapped into the guest sandbox."""
         self._cancel = threading.Event()
         self._run_ended = threading.Event()
         self._guest: Optional[Guest] = None
@@ -208,12 +239,8 @@ class Wrapper:
         return status.code
 
     def _launch_spec(self, guest: Guest, endpoint: str) -> LaunchSpec:
-        env = guest_environment(self.env, agent_endpoint=endpoint, guest_ip=guest.ip,
-                                guest_sandbox=self.settings.executor.guest_sandbox)
-        workdir = self.settings.executor.guest_sandbox
-        if self.command.shell is not None:
-            return LaunchSpec(workdir=workdir, env=env, shell_command=self.command.shell)
-        return LaunchSpec(workdir=workdir, env=env, executable=self.command.argv[0], arguments=self.command.argv)
+        return inner_launch_spec(self.env, self.command, guest_ip=guest.ip, agent_endpoint=endpoint,
+                                 guest_sandbox=self.settings.executor.guest_sandbox, host_cwd=self._host_cwd)
 
     def _reachable_agent_endpoint(self, guest: Guest) -> str:
         """host:port of the agent as the guest can reach it; HostError saying how to fix it.

@@ -85,8 +85,22 @@ def test_tasks_given_before_subscribe_are_launched_right_after_subscribed(
     launched = events[1]["launch"]
     assert list(launched) == ["task"]
     assert launched["task"]["agent_id"] == {"value": agent.agent_id}
-    assert launched["task"]["executor"]["executor_id"] == {"value": EXECUTOR}
+    assert "executor" not in launched["task"]  # a command task, as a real command executor receives it
     assert [t["task_id"]["value"] for t in events[2]["launch_group"]["task_group"]["tasks"]] == ["g1", "g2"]
+
+
+def test_a_custom_executors_task_carries_the_executor_info(agent: LocalAgent, client: ExecutorClient) -> None:
+    """A task without a command (its command is in data) is launched with the ExecutorInfo filled in."""
+    agent.launch_task(EXECUTOR, {"name": "custom", "task_id": {"value": "custom"}, "data": "e30="})
+    launched = client.subscribe().next_of_type("LAUNCH")["launch"]["task"]
+    assert launched["executor"]["executor_id"] == {"value": EXECUTOR}
+
+
+def test_a_task_with_both_command_and_executor_is_refused_as_a_real_master_would(
+        agent: LocalAgent, client: ExecutorClient) -> None:
+    """TaskInfo.command together with TaskInfo.executor never reaches an executor."""
+    with pytest.raises(ValueError, match="both 'command' and 'executor'"):
+        agent.launch_task(EXECUTOR, task_info("both", executor={"executor_id": {"value": EXECUTOR}}))
 
 
 def test_a_task_given_to_a_subscribed_executor_is_launched_at_once(agent: LocalAgent, client: ExecutorClient) -> None:

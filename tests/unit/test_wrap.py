@@ -1,7 +1,8 @@
-"""Wrap mode's environment rewrite: what a v1 or v0 executor inside the guest receives."""
+"""Wrap mode's environment rewrite and working directory: what an executor inside the guest receives."""
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -10,8 +11,9 @@ import pytest
 
 from vm_isolation.config import mesos_environment
 from vm_isolation.errors import HostError
+from vm_isolation.launcher import render_launcher
 from vm_isolation.procinfo import birth_time
-from vm_isolation.wrap import guest_environment, split_endpoint
+from vm_isolation.wrap import InnerCommand, guest_environment, guest_workdir, inner_launch_spec, split_endpoint
 
 AGENT_ENV = {
     "MESOS_FRAMEWORK_ID": "fw-1", "MESOS_EXECUTOR_ID": "ex-1", "MESOS_AGENT_ENDPOINT": "10.0.0.5:5051",
@@ -74,6 +76,50 @@ def test_a_malformed_endpoint_is_a_host_error() -> None:
         split_endpoint("nonsense")
 
 
+def test_a_cd_into_a_sandbox_subdirectory_is_repeated_in_the_guest(tmp_path: Path) -> None:
+    """Hadoop's `cd hadoop-2.9 && vm-isolation-executor --wrap ...`: the inner executor starts in
+    the same subdirectory of the guest sandbox."""
+    (tmp_path / "hadoop-2.9" / "bin").mkdir(parents=True)
+    assert guest_workdir(tmp_path, tmp_path / "hadoop-2.9", "/mnt/mesos/sandbox") == "/mnt/mesos/sandbox/hadoop-2.9"
+    assert guest_workdir(tmp_path, tmp_path / "hadoop-2.9" / "bin", "/g") == "/g/hadoop-2.9/bin"
+
+
+def test_the_sandbox_itself_or_a_directory_outside_it_maps_to_the_guest_sandbox(tmp_path: Path) -> None:
+    """cwd = the sandbox, a directory outside it, or a symlink leading out of it: the guest sandbox root."""
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    (sandbox / "out").symlink_to(tmp_path)
+    assert guest_workdir(sandbox, sandbox, "/mnt/mesos/sandbox") == "/mnt/mesos/sandbox"
+    assert guest_workdir(sandbox, tmp_path, "/mnt/mesos/sandbox") == "/mnt/mesos/sandbox"
+    assert guest_workdir(sandbox, Path("/"), "/mnt/mesos/sandbox") == "/mnt/mesos/sandbox"
+    assert guest_workdir(sandbox, sandbox / "out", "/mnt/mesos/sandbox") == "/mnt/mesos/sandbox"
+    assert guest_workdir(sandbox, sandbox / ".." / "sandbox", "/g") == "/g"
+
+
+def test_a_hostile_subdirectory_name_reaches_the_launcher_only_quoted(tmp_path: Path) -> None:
+    """The guest working directory goes through shlex.quote in the launcher, like every value."""
+    hostile = "it's $(touch x) `id`;\nrm"
+    (tmp_path / hostile).mkdir()
+    env = mesos_environment({**AGENT_ENV, "MESOS_DIRECTORY": str(tmp_path)})
+    spec = inner_launch_spec(env, InnerCommand(shell="./bin/hadoop org.apache.hadoop.mapred.MesosExecutor"),
+                             guest_ip="192.168.122.77", agent_endpoint="192.168.122.1:5051",
+                             guest_sandbox="/mnt/mesos/sandbox", host_cwd=tmp_path / hostile)
+    assert spec.workdir == f"/mnt/mesos/sandbox/{hostile}"
+    script = render_launcher(spec)
+    assert f"cd {shlex.quote(spec.workdir)} || exit 120" in script
+    assert f"mkdir -p {shlex.quote(spec.workdir)} " in script
+
+
+def test_without_a_working_directory_the_inner_executor_starts_in_the_sandbox_root() -> None:
+    """The argv form with the wrapper started in the sandbox (the agent's default) runs at the root."""
+    env = mesos_environment(AGENT_ENV)
+    spec = inner_launch_spec(env, InnerCommand(argv=("python3", "exec.py")), guest_ip="192.168.122.77",
+                             agent_endpoint="192.168.122.1:5051", guest_sandbox="/mnt/mesos/sandbox",
+                             host_cwd=env.directory)
+    assert (spec.workdir, spec.executable, tuple(spec.arguments)) == ("/mnt/mesos/sandbox", "python3",
+                                                                       ("python3", "exec.py"))
+
+
 class _NeverBoots:
     """A launcher whose boot must not be reached (the budget is spent before it)."""
 
@@ -88,7 +134,7 @@ def test_a_sandbox_older_than_the_wrap_budget_gives_up_before_booting(
     """The agent's registration timer starts before the fetch; a fetch that ate the window ends
     the wrapper at once with a line saying so, instead of a silent registration timeout."""
     from vm_isolation.config import ExecutorSettings, Settings
-    from vm_isolation.wrap import InnerCommand, Wrapper
+    from vm_isolation.wrap import Wrapper
 
     sandbox = tmp_path / "sandbox"
     sandbox.mkdir()

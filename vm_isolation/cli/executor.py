@@ -139,7 +139,7 @@ def _wrap(settings: Settings, env: MesosEnvironment, launcher: GuestLauncher, hy
     wrapper = Wrapper(settings, env, launcher, command,
                       bridge_address=lambda: bridge_ipv4(bridge),
                       out=_mirror(sys.stdout.buffer), err=_mirror(sys.stderr.buffer), journal=journal,
-                      owner=owner)
+                      owner=owner, host_cwd=Path.cwd())
     _on_sigterm(wrapper.terminate)
     log.info("wrap mode: executor %s of framework %s, agent %s", env.executor_id, env.framework_id,
              env.agent_endpoint)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -64,6 +65,9 @@ class Lifecycle:
         sandbox = sandbox_path(cfg.work_dir, identity, executor_id, container_id)
         run = ExecutorRun(executor_id, container_id, info, sandbox, grace_s)
         previous = self._claim(run)
+        # The real agent arms its registration timer before the fetch (slave.cpp:3895-3911):
+        # copying ``files`` in (our fetch) counts against the window too.
+        armed_at = time.monotonic()
         try:
             create_sandbox(sandbox, files)
             env = executor_environment(identity, executor_id, sandbox, grace_s, extra_env, command, agent_environ())
@@ -76,7 +80,8 @@ class Lifecycle:
         if cfg.checkpoint:
             write_pid_marker(self.core.meta_dir(run), process.pid)
         threading.Thread(target=self._watch, args=(run,), name=f"watch-{executor_id}", daemon=True).start()
-        self.core.schedule(cfg.registration_timeout_s, lambda: self._registration_timeout(run))
+        left_s = max(0.0, cfg.registration_timeout_s - (time.monotonic() - armed_at))
+        self.core.schedule(left_s, lambda: self._registration_timeout(run))
         return run
 
     def _claim(self, run: ExecutorRun) -> Optional[ExecutorRun]:
@@ -120,9 +125,16 @@ class Lifecycle:
             raise ValueError(f"TaskInfo without task_id.value: {task}")
         if any(r.owns(task_id) for r in self.core.runs.values()) or self.core.statuses.updates(task_id):
             raise ValueError(f"task id {task_id!r} is already in use on this agent")
+        if "command" in task and "executor" in task:
+            raise ValueError(f"task {task_id!r} has both 'command' and 'executor': a real master rejects such a "
+                             f"TaskInfo (master/validation.cpp); a custom executor's task carries its command in "
+                             f"'data'")
         filled = copy.deepcopy(dict(task))
         filled["agent_id"] = {"value": self.core.config.agent_id}
-        filled.setdefault("executor", copy.deepcopy(run.info))
+        if "command" not in filled:
+            # A custom executor's task carries the ExecutorInfo; a command task reaches the
+            # (command) executor as the framework gave it, without one.
+            filled.setdefault("executor", copy.deepcopy(run.info))
         return filled
 
     def kill_task(self, executor_id: str, task_id: str, grace_period_s: Optional[float]) -> None:
