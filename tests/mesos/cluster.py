@@ -128,6 +128,7 @@ class Agent:
     launcher_dir: Path
     cgroups_root: str
     id: str = ""
+    restarts: int = 0
 
     @property
     def url(self) -> str:
@@ -188,8 +189,10 @@ class MesosCluster:
                    what="the master's /master/state")
 
     def start_agent(self, *, ip: str = "127.0.0.1", launcher_dir: Optional[Path] = None,
-                    attributes: Optional[str] = None, resources: str = "cpus:2;mem:4096") -> Agent:
-        """An agent registered with the master (it is listed under ``slaves``)."""
+                    attributes: Optional[str] = None, resources: str = "cpus:2;mem:4096",
+                    isolation: str = ISOLATION, flags: tuple[str, ...] = ()) -> Agent:
+        """An agent registered with the master (it is listed under ``slaves``); ``flags`` are
+        passed on as they are (e.g. ``--executor_registration_timeout=20secs``)."""
         port = free_port(ip)
         name = f"agent-{port}"
         work = self.base / name / "work"
@@ -200,18 +203,48 @@ class MesosCluster:
         launcher = launcher_dir or self.home.libexec
         argv = [str(self.home.agent), f"--master={self.master_address}", f"--ip={ip}", f"--port={port}",
                 f"--work_dir={work}", f"--launcher_dir={launcher}", "--no-systemd_enable_support",
-                f"--resources={resources}", f"--isolation={ISOLATION}", "--containerizers=mesos",
-                f"--cgroups_root={cgroups_root}"]
+                f"--resources={resources}", f"--isolation={isolation}", "--containerizers=mesos",
+                f"--cgroups_root={cgroups_root}", *flags]
         if attributes:
             argv.append(f"--attributes={attributes}")
         agent = Agent(Daemon(name, argv, self.base / f"{name}.log"), ip, port, work, launcher, cgroups_root)
         self.agents.append(agent)
+        self._wait_registered(agent)
+        return agent
+
+    def restart_agent(self, agent: Agent, *flags: str) -> None:
+        """SIGKILL the agent (its executors live on, as after a crash) and start it again on the
+        same port and work directory, with ``flags`` added (e.g. ``--recover=cleanup``); returns
+        once it is registered again."""
+        agent.daemon.process.kill()
+        agent.daemon.process.wait()
+        argv = [a for a in agent.daemon.argv if not a.startswith("--recover=")] + list(flags)
+        agent.restarts += 1
+        agent.daemon = Daemon(agent.daemon.name, argv, self.base / f"{agent.daemon.name}.{agent.restarts}.log")
+        self._wait_registered(agent)
+
+    def cleanup_agent(self, agent: Agent) -> int:
+        """SIGKILL the agent, run it once with ``--recover=cleanup`` (it kills every executor it
+        recovers, then exits by itself), and return that run's exit status; then start it again
+        as before and wait until it is registered."""
+        agent.daemon.process.kill()
+        agent.daemon.process.wait()
+        argv = [a for a in agent.daemon.argv if not a.startswith("--recover=")]
+        agent.restarts += 1
+        cleanup = Daemon(agent.daemon.name, [*argv, "--recover=cleanup"],
+                         self.base / f"{agent.daemon.name}.{agent.restarts}.cleanup.log")
+        code = cleanup.process.wait(READY_S)
+        agent.daemon = Daemon(agent.daemon.name, argv, self.base / f"{agent.daemon.name}.{agent.restarts}.log")
+        self._wait_registered(agent)
+        return code
+
+    def _wait_registered(self, agent: Agent) -> None:
+        name = agent.daemon.name
         state = poll_until(lambda: self._up(agent.daemon, f"{agent.url}/state", key="id"), Deadline.after(READY_S),
                            what=f"{name}'s /state")
         agent.id = str(state["id"])
         poll_until(lambda: True if agent.id in self.registered_agents() else self._check_alive(agent.daemon),
                    Deadline.after(READY_S), what=f"{name} listed under the master's slaves")
-        return agent
 
     def registered_agents(self) -> set[str]:
         state = _try_json(f"{self.master_url}/master/state") or {}

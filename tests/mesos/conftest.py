@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -102,8 +102,8 @@ def framework(cluster: MesosCluster) -> Iterator[Callable[[str], Framework]]:
     """Start frameworks on the session's master; each is torn down at the end of the test."""
     started: list[Framework] = []
 
-    def start(name: str) -> Framework:
-        fw = Framework(cluster.master_address, f"{name}-{uuid.uuid4().hex[:6]}").start()
+    def start(name: str, **options: Any) -> Framework:
+        fw = Framework(cluster.master_address, f"{name}-{uuid.uuid4().hex[:6]}", **options).start()
         started.append(fw)
         return fw
 

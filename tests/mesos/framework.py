@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pymesos import MesosSchedulerDriver, Scheduler, encode_data
 
@@ -47,13 +47,19 @@ class Update:
 class Framework(Scheduler):  # type: ignore[misc]  # pymesos ships no types
     """One registered framework; :meth:`stop` tears it down (no failover)."""
 
-    def __init__(self, master: str, name: str) -> None:
+    def __init__(self, master: str, name: str, *, checkpoint: bool = False, capabilities: tuple[str, ...] = (),
+                 user: str = "root") -> None:
         self._lock = threading.Lock()
         self._offers: dict[str, Any] = {}
         self._updates: dict[str, list[Update]] = {}
+        self._raw: dict[str, list[Any]] = {}
         self.launched_at: dict[str, float] = {}
         self.framework_id = ""
-        info = {"user": "root", "name": name, "checkpoint": False, "failover_timeout": 0.0}
+        self.on_update: Optional[Callable[[str, str], None]] = None
+        """Called on pymesos's thread with (task id, state) after each update is recorded."""
+        info: dict[str, Any] = {"user": user, "name": name, "checkpoint": checkpoint, "failover_timeout": 0.0}
+        if capabilities:
+            info["capabilities"] = [{"type": c} for c in capabilities]
         self.driver = MesosSchedulerDriver(self, info, master, use_addict=False)
         self._stopped = False
 
@@ -74,8 +80,12 @@ class Framework(Scheduler):  # type: ignore[misc]  # pymesos ships no types
                         message=str(status.get("message", "")),
                         data=base64.b64decode(status["data"]) if status.get("data") else b"",
                         source=str(status.get("source", "")), at=time.monotonic())
+        task_id = str(status["task_id"]["value"])
         with self._lock:
-            self._updates.setdefault(str(status["task_id"]["value"]), []).append(update)
+            self._updates.setdefault(task_id, []).append(update)
+            self._raw.setdefault(task_id, []).append(dict(status))
+        if self.on_update is not None:
+            self.on_update(task_id, update.state)
 
     # --- the test's side --------------------------------------------------------------------
     def start(self, timeout_s: float = 30.0) -> Framework:
@@ -102,6 +112,11 @@ class Framework(Scheduler):  # type: ignore[misc]  # pymesos ships no types
 
     def kill(self, task_id: str) -> None:
         self.driver.killTask({"value": task_id})
+
+    def raw_updates(self, task_id: str) -> list[Any]:
+        """The TaskStatus objects as received (healthy, check_status, ...)."""
+        with self._lock:
+            return list(self._raw.get(task_id, []))
 
     def updates(self, task_id: str) -> list[Update]:
         with self._lock:
