@@ -30,9 +30,16 @@ host:
 
 # The venv is rebuilt when the packaging changes. pymesos's dependency http-parser is built
 # first by scripts/install-http-parser.sh (it does not pip-install on Python >= 3.11).
+# It is built on Debian's python3 (host-setup installs python3-venv): with the agent's default
+# --switch_user the executor runs as the framework's user, who must be able to run this venv's
+# interpreter (a python under /root is not theirs to run). A venv on another interpreter is
+# rebuilt.
+HOST_PYTHON ?= /usr/bin/python3
 venv: $(VENV)/.installed
-$(VENV)/.installed: setup.cfg pyproject.toml scripts/install-http-parser.sh | host
-	test -x $(PY) || python3 -m venv $(VENV)
+$(VENV)/.installed: setup.cfg pyproject.toml Makefile scripts/install-http-parser.sh | host
+	if [ -f $(VENV)/pyvenv.cfg ] && ! grep -qx "home = $$(dirname $(HOST_PYTHON))" $(VENV)/pyvenv.cfg; then \
+	  echo "venv: $(VENV) is not on $(HOST_PYTHON): rebuilding it"; rm -rf $(VENV); fi
+	test -x $(PY) || $(HOST_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	scripts/install-http-parser.sh $(abspath $(PY))
 	$(PY) -m pip install -q -e '.[dev]'

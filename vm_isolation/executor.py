@@ -47,13 +47,16 @@ class Executor:
     def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher,
                  *, mirror_stdout: Optional[Callable[[bytes], None]] = None,
                  mirror_stderr: Optional[Callable[[bytes], None]] = None,
-                 journal: ResourceJournal = NO_JOURNAL, owner: Optional[Owner] = None) -> None:
+                 journal: ResourceJournal = NO_JOURNAL, owner: Optional[Owner] = None,
+                 host_problem: Optional[str] = None) -> None:
         self.settings = settings
         self.env = env
         self.launcher = launcher
         self._mirrors = (mirror_stdout, mirror_stderr)
         self._journal = journal
         self._owner = owner or Owner()
+        self._host_problem = host_problem
+        """Why this host cannot boot guests for us (hostaccess.describe): every task fails with it."""
         self.agent: Optional[AgentLink] = None
         self.container_id = ""
         self._task_killing = False
@@ -106,6 +109,9 @@ class Executor:
             if known is not None:
                 # No status for it: the agent and the framework would take it for the running task's.
                 log.warning("ignoring a second LAUNCH of task %r, which is still running", task_id)
+                return
+            if self._host_problem:
+                self._reply(task_id, TaskState.FAILED, Reason.LAUNCH_FAILED, f"host not ready: {self._host_problem}")
                 return
             try:
                 spec = parse_task(task, self.settings)

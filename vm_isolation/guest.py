@@ -14,8 +14,10 @@ and key factory), so the whole state machine is unit-tested on fakes; the real a
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import os
 import shutil
 import threading
 import time
@@ -293,6 +295,7 @@ class _Boot:
     def _define(self, undo: ExitStack, key: ClientKeyLike) -> None:
         if self.req.console_log is None:
             undo.callback(self.console_log.unlink, missing_ok=True)
+        self._create_console_log()
         spec = DomainSpec(
             name=self.req.name,
             domain_type=self.l.domain_type,
@@ -313,6 +316,16 @@ class _Boot:
         # Registered before start, so it runs after destroy: a dead guest cannot renew it.
         self._record("lease", mac=self.mac, network=self.network)
         self._on_undo(undo, "lease", self._release_lease)
+
+    def _create_console_log(self) -> None:
+        """Create the console log ourselves, readable by all (it holds the guest's public host
+        key and boot messages, nothing secret): libvirt's DAC labelling then hands the file to
+        the qemu user but keeps its mode, so an executor that is not root (the agent's
+        --switch_user) can still read the host key from it. Left to qemu, it is root's, 0600."""
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(self.console_log, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            os.fchmod(fd, 0o644)  # whatever the umask
+            os.close(fd)
 
     def _cmdline(self, key: ClientKeyLike) -> str:
         key_type, key_b64 = key.public_openssh.split()[:2]

@@ -32,6 +32,7 @@ from ..domainxml import Owner
 from ..errors import VmIsolationError
 from ..executor import Executor
 from ..guest import GuestLauncher
+from ..hostaccess import access_problems, describe
 from ..hostnet import bridge_ipv4
 from ..hypervisor import LibvirtHypervisor
 from ..journal import Journal, earlier_runs, journal_path
@@ -74,6 +75,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     if args.check:
         return _check(settings)
+    problems = access_problems(settings)
+    host_problem = describe(problems) if problems else None
+    if host_problem:
+        log.error("%s", host_problem)
     try:
         env = mesos_environment()
         owner_file, owner = _own(settings, env)
@@ -82,40 +87,48 @@ def main(argv: Optional[list[str]] = None) -> int:
         log.error("%s", exc)
         return 1
     try:
-        return _serve(args, inner, settings, env, owner, journal)
+        return _serve(args, inner, settings, env, owner, journal, host_problem)
     finally:
         journal.close()
-        owner_file.release()  # only now: every guest of ours is gone (or left to the reaper)
+        if owner_file is not None:
+            owner_file.release()  # only now: every guest of ours is gone (or left to the reaper)
 
 
-def _own(settings: Settings, env: MesosEnvironment) -> tuple[OwnerFile, Owner]:
-    """This process's owner file (locked while it lives) and the owner record every guest carries."""
+def _own(settings: Settings, env: MesosEnvironment) -> tuple[Optional[OwnerFile], Owner]:
+    """This process's owner file (locked while it lives) and the owner record every guest carries.
+    Without an owner file (its directory unusable) guests are owned by pid alone."""
     pid, started = os.getpid(), own_start_time()
-    owner_file = OwnerFile.create(settings.vm.owner_dir, framework_id=env.framework_id,
-                                  executor_id=env.executor_id, pid=pid, start_time=started,
-                                  journal=journal_path(env.directory))
+    try:
+        owner_file: Optional[OwnerFile] = OwnerFile.create(
+            settings.vm.owner_dir, framework_id=env.framework_id, executor_id=env.executor_id, pid=pid,
+            start_time=started, journal=journal_path(env.directory))
+    except VmIsolationError as exc:
+        log.error("%s; guests are then owned by pid only (wrong under the agent's pid namespaces)", exc)
+        owner_file = None
     if not reaper_watch_running(settings):
         log.warning("no vm-isolation-reap --watch is running on this host: if this executor is "
                     "SIGKILLed (as the agent destroys containers), its guests keep running until a "
                     "reaper runs; host set-up (python -m vm_isolation.hostsetup) starts the watcher")
     return owner_file, Owner(framework_id=env.framework_id, executor_id=env.executor_id,
                              container_id=env.directory.name, executor_pid=pid, executor_start_time=started,
-                             owner_file=str(owner_file.path))
+                             owner_file=str(owner_file.path) if owner_file else "")
 
 
 def _serve(args: argparse.Namespace, inner: list[str], settings: Settings, env: MesosEnvironment, owner: Owner,
-           journal: Journal) -> int:
+           journal: Journal, host_problem: Optional[str]) -> int:
     # Started by the agent at any time, maybe while libvirtd restarts (2-8 s): wait a little.
     hypervisor = LibvirtHypervisor(settings.libvirt.uri, first_connect_s=FIRST_CONNECT_S)
     _reap_earlier_run(settings, hypervisor, env)
     launcher = real_launcher(settings, hypervisor)
     if args.wrap:
+        if host_problem:
+            return 1  # logged above; the agent reports the tasks as failed (executor terminated)
         return _wrap(settings, env, launcher, hypervisor, InnerCommand(tuple(inner), args.shell, args.tunnel),
                      journal, owner)
     # Imported here: pymesos must be imported on the main thread, and only when serving.
     from ..mesos import AgentConnection
 
-    executor = Executor(settings, env, launcher, journal=journal, owner=owner,
+    executor = Executor(settings, env, launcher, journal=journal, owner=owner, host_problem=host_problem,
                         mirror_stdout=_mirror(sys.stdout.buffer), mirror_stderr=_mirror(sys.stderr.buffer))
     connection = AgentConnection(env, executor)
     executor.attach(connection)
