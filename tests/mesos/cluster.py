@@ -294,14 +294,6 @@ class MesosCluster:
         _unmount_under(self.base)
 
 
-def _unmount_under(base: Path) -> None:
-    """An agent with the filesystem/linux isolator bind-mounts its work directory onto itself
-    and leaves that mount behind; unmount whatever is mounted under ``base``, deepest first."""
-    root = str(base.resolve())
-    points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    for point in sorted({p for p in points if p == root or p.startswith(root + "/")}, key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-
     def _executor_pids(self) -> set[int]:
         pids: set[int] = set()
         for agent in self.agents:
@@ -357,3 +349,12 @@ def _remove_cgroups(root: str) -> None:
                 path.rmdir()
         with contextlib.suppress(OSError):
             top.rmdir()
+
+
+def _unmount_under(base: Path) -> None:
+    """An agent with the filesystem/linux isolator bind-mounts its work directory onto itself
+    and leaves that mount behind; unmount whatever is mounted under ``base``, deepest first."""
+    root = str(base.resolve())
+    points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for point in sorted({p for p in points if p == root or p.startswith(root + "/")}, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
