@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 HOSTKEY_MARKER = "VMISO-HOSTKEY"
+READY_MARKER = "VMISO-READY"
+READY_GRACE_S = 5.0
+"""How long after the host key SSH waits for READY before trying anyway (an image that never
+prints it still works, only slower)."""
 ERROR_MARKER = "VMISO-ERROR"
 CONSOLE_TAIL_LINES = 25
 SSH_SLICE_S = 3.0
@@ -153,6 +157,17 @@ def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
     text = data.decode("utf-8", "replace").replace("\r", "")
     clean = "".join(ch for ch in text if ch == "\n" or ch.isprintable())
     return "\n".join(clean.strip("\n").splitlines()[-lines:])
+
+
+def ready_on_console(path: Path) -> bool:
+    """True once the guest's init printed ``VMISO-READY`` (its address is configured). Until
+    then a SYN to the address the lease gave is dropped and TCP retries only after its 1 s
+    initial RTO: measured on 40-100 % of boots (shared/reference/boot-spike.md)."""
+    try:
+        text = path.read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return False
+    return any(line.strip() == READY_MARKER for line in text.splitlines())
 
 
 def host_key_from_console(path: Path) -> Optional[str]:
@@ -331,7 +346,9 @@ class _Boot:
         key_type, key_b64 = key.public_openssh.split()[:2]
         # no_timer_check: under software emulation on a busy host the kernel's early check that
         # the IO-APIC timer ticks can fail ("IO-APIC + timer doesn't work!") and panic the guest.
-        return (f"console=ttyS0 quiet panic=-1 no_timer_check vmiso.hostname={self.req.name} "
+        # acpi=noirq: ACPI PCI interrupt-link set-up runs AML under emulation, ~0.17 s per virtio
+        # device; the guests need none of it (shared/reference/boot-spike.md).
+        return (f"console=ttyS0 quiet panic=-1 no_timer_check acpi=noirq vmiso.hostname={self.req.name} "
                 f"vmiso.authkey={key_type}:{key_b64}")
 
     def _lease_keys_before_start(self) -> frozenset[tuple[str, float]]:
@@ -363,13 +380,20 @@ class _Boot:
             return host_key_from_console(self.console_log)
 
         try:
-            host_key = poll_until(announced, deadline, interval_s=0.1, what="the guest's host key")
+            host_key = poll_until(announced, deadline, interval_s=0.02, what="the guest's host key")
         except WaitTimeout:
             raise SshUnavailable(
                 f"{self.req.name} never announced its SSH host key on the serial console "
                 f"({self.console_log}); is the image built by scripts/build-image.sh?",
                 phase=Phase.SSH.value, console_tail=console_tail(self.console_log),
             ) from None
+        ready = Deadline.after(min(READY_GRACE_S, deadline.remaining()), self.l._clock)
+        def is_ready() -> Optional[bool]:
+            self._check_alive()
+            return True if ready_on_console(self.console_log) else None
+
+        with contextlib.suppress(WaitTimeout):  # then connect anyway; the SYN retry covers it
+            poll_until(is_ready, ready, interval_s=0.02, what="VMISO-READY on the console")
         try:
             remote = self._connect_in_slices(lease.ip, host_key, key, deadline)
         except GuestError as exc:

@@ -216,3 +216,30 @@ def test_a_failed_removal_is_left_in_the_journal_and_hides_neither_the_error_nor
         raise RuntimeError("task failed")
     assert [r.kind for r in read_journal(journal.path).outstanding] == ["overlay"]
     assert world.hv.domains == {} and not (world.tmp / "keys" / NAME).exists()
+
+
+class _NeverReady(FakeHypervisor):
+    """A guest whose init announces its host key but never VMISO-READY (an image of another kind)."""
+
+    def start(self, name: str) -> None:
+        super().start(name)
+        self.specs[name].console_log.write_text("VMISO-HOSTKEY ssh-ed25519 AAAAhostkey\n")
+
+
+def test_ssh_waits_for_ready_and_an_image_that_never_says_it_is_only_slower(tmp_path: Path) -> None:
+    """The SYN sent before the guest configured its address is dropped and retried after 1 s:
+    SSH waits for VMISO-READY. Without READY it connects after READY_GRACE_S all the same."""
+    from vm_isolation.guest import READY_GRACE_S
+
+    ready = World(tmp_path / "a", FakeHypervisor())
+    (tmp_path / "a").mkdir()
+    started = ready.clock.monotonic()
+    with ready.launcher.boot(ready.request):
+        assert ready.clock.monotonic() - started < 1.0
+    (tmp_path / "b").mkdir()
+    silent = World(tmp_path / "b", _NeverReady())
+    started = silent.clock.monotonic()
+    with silent.launcher.boot(silent.request) as guest:
+        assert guest.remote is silent.connector.sessions[0]
+        assert silent.clock.monotonic() - started >= READY_GRACE_S
+    assert "acpi=noirq" in silent.hv.specs[NAME].cmdline
