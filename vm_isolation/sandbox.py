@@ -16,8 +16,9 @@ from .guest import RemoteSession
 
 log = logging.getLogger(__name__)
 
-OWN_ENTRIES = frozenset({"stdout", "stderr", "tasks", ".vm-isolation"})
-"""Top-level sandbox entries that are the executor's own, not the task's."""
+OWN_ENTRIES = frozenset({"stdout", "stderr", "tasks", ".vm-isolation", "console.log"})
+"""Top-level sandbox entries that are the executor's own, not the task's (``console.log`` is wrap
+mode's guest console, which qemu writes while it runs: never uploaded, never overwritten)."""
 
 
 def upload(remote: RemoteSession, host_dir: Path, guest_dir: str) -> int:
