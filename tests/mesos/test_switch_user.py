@@ -42,12 +42,26 @@ def can_run_the_venv(user: str) -> str:
     return "" if probe.returncode == 0 else probe.stderr.strip()[-300:]
 
 
+def reach_the_checkout(user: str) -> None:
+    """An operator installs vm-isolation where every framework user can run it (/opt/...). A
+    checkout may sit under a private directory (/root is 0700): give ``user`` search permission
+    (execute only, by an ACL naming that user alone) on each ancestor it cannot traverse."""
+    uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True, check=True).stdout)
+    for directory in [*reversed(REPO.parents), REPO, *reversed(Path(sys.executable).resolve().parents)]:
+        st = directory.stat()
+        if st.st_mode & 0o001 or (st.st_uid == uid and st.st_mode & 0o100):
+            continue
+        subprocess.run(["setfacl", "-m", f"u:{user}:x", str(directory)], check=True)
+        print(f"granted {user} search permission on {directory} (ACL)")
+
+
 @pytest.fixture(scope="module")
 def users() -> None:
     ensure_user(SET_UP)
     ensure_user(NOT_SET_UP)
     subprocess.run([str(REPO / "scripts" / "host-setup.sh"), "--executor-user", SET_UP], check=True,
                    capture_output=True, timeout=600)
+    reach_the_checkout(SET_UP)
     problem = can_run_the_venv(SET_UP)
     assert not problem, (f"user {SET_UP} cannot run {sys.executable} ({problem}): the checkout and its venv "
                          "must be readable by framework users (the Makefile builds the venv on Debian's python3)")
