@@ -68,17 +68,23 @@ def users() -> None:
 
 
 @pytest.fixture(scope="module")
-def switching(mesos_home: MesosHome, users: None) -> Iterator[tuple[MesosCluster, Agent]]:
-    """A master and an agent with the default --switch_user, under a directory all may traverse."""
+def switching(mesos_home: MesosHome, users: None,
+              request: pytest.FixtureRequest) -> Iterator[tuple[MesosCluster, Agent]]:
+    """A master and an agent with the default --switch_user, under a directory all may traverse
+    (kept, with the daemons' logs, when a test here failed)."""
     base = Path(tempfile.mkdtemp(prefix="vmiso-switch-user-", dir="/var/tmp"))
     base.chmod(0o755)
     cluster = MesosCluster(mesos_home, base)
+    failed_before = request.session.testsfailed
     try:
         cluster.start_master()
         yield cluster, cluster.start_agent(attributes="vmiso_way:switch_user")
     finally:
         cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if request.session.testsfailed == failed_before:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"kept {base} (master and agent logs) for the failure above")
     assert cluster.killed_executors == []
 
 
