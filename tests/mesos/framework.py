@@ -126,8 +126,14 @@ class Framework(Scheduler):  # type: ignore[misc]  # pymesos ships no types
         return [u.state for u in self.updates(task_id)]
 
     def wait_for_state(self, task_id: str, state: str, timeout_s: float) -> Update:
+        """The first ``state`` update; AssertionError at once if the task ended without one."""
         def seen() -> Optional[Update]:
-            return next((u for u in self.updates(task_id) if u.state == state), None)
+            updates = self.updates(task_id)
+            found = next((u for u in updates if u.state == state), None)
+            if found is None and state not in TERMINAL:
+                ended = next((u for u in updates if u.state in TERMINAL), None)
+                assert ended is None, f"task {task_id} ended {ended} before reaching {state}"
+            return found
         return poll_until(seen, Deadline.after(timeout_s), what=f"{state} for task {task_id}")
 
     def wait_for_terminal(self, task_id: str, timeout_s: float) -> Update:
