@@ -196,7 +196,10 @@ class Wrapper:
         self._cancel.set()
         guest = self._guest
         if guest is not None:  # the upload: destroying the guest ends it at once
-            self.launcher.hypervisor.destroy(guest.name)
+            try:
+                self.launcher.hypervisor.destroy(guest.name)
+            except VmIsolationError as exc:
+                log.warning("could not destroy %s to end the upload: %s", guest.name, exc)
 
     def _say_over_budget(self, seconds: float) -> None:
         log.error("the inner executor could not be started within %.0f s of the agent's executor registration "
@@ -282,7 +285,10 @@ class Wrapper:
         grace = max(0.5, self.env.shutdown_grace_period_s - 1.0)
         if not self._run_ended.wait(grace):
             log.warning("inner executor still running %.1f s after SIGTERM: destroying the guest", grace)
-            self.launcher.hypervisor.destroy(guest.name)
+            try:
+                self.launcher.hypervisor.destroy(guest.name)
+            except VmIsolationError as exc:
+                log.error("could not destroy %s: %s; the reaper watcher removes it once we exit", guest.name, exc)
 
     def _progress(self, phase: str, seconds: float) -> None:
         self._err(f"vm-isolation: {phase} done ({seconds:.2f} s)\n".encode())
