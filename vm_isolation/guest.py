@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol, TypeVar
 
 from . import overlay
 from .config import Settings
-from .domainxml import DomainSpec, Owner
+from .domainxml import DomainSpec, InterfacePolicy, Owner, TrafficFilter
 from .errors import AddressTimeout, GuestDied, GuestError, SshUnavailable, VmIsolationError
 from .hypervisor import NetworkInfo
 from .ids import DomainName, random_mac
@@ -233,9 +233,10 @@ class _Boot:
         self.timings: dict[str, float] = {}
         self.lease: Optional[Lease] = None
         self.phase = Phase.OVERLAY
+        self.net_info = NetworkInfo(self.network, "", True)
 
     def run(self, undo: ExitStack) -> Guest:
-        self.l.hypervisor.require_active_network(self.network)
+        self.net_info = self.l.hypervisor.require_active_network(self.network)
         self._timed(Phase.OVERLAY, lambda: self._overlay(undo))
         key = self._key(undo)
         self._timed(Phase.DEFINE, lambda: self._define(undo, key))
@@ -306,6 +307,7 @@ class _Boot:
             network=self.network,
             console_log=self.console_log,
             owner=replace(self.req.owner, created_at=self.l._wallclock()),
+            interface=self._interface_policy(),
         )
         self._record("domain")
         self.l.hypervisor.define(spec)
@@ -313,6 +315,18 @@ class _Boot:
         # Registered before start, so it runs after destroy: a dead guest cannot renew it.
         self._record("lease", mac=self.mac, network=self.network)
         self._on_undo(undo, "lease", self._release_lease)
+
+    def _interface_policy(self) -> InterfacePolicy:
+        """With ``[network] isolation = on``: an isolated bridge port (no frame between two
+        guests) and libvirt's ``clean-traffic`` filter (only the guest's own MAC, and the IP its
+        DHCP lease gave it, learnt from the lease dnsmasq on the host's address hands out)."""
+        if not self.l.settings.network.enforced:
+            return InterfacePolicy()
+        parameters = [("CTRL_IP_LEARNING", "dhcp")]
+        if self.net_info.address:
+            parameters.append(("DHCPSERVER", self.net_info.address))
+        return InterfacePolicy(isolated_port=True,
+                               traffic_filter=TrafficFilter("clean-traffic", tuple(parameters)))
 
     def _cmdline(self, key: ClientKeyLike) -> str:
         key_type, key_b64 = key.public_openssh.split()[:2]

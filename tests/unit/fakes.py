@@ -32,7 +32,7 @@ class FakeHypervisor:
         from vm_isolation.errors import NetworkUnavailable
         if not self.network_active:
             raise NetworkUnavailable(f"network {name} inactive")
-        return NetworkInfo(name, "virbr0", True)
+        return NetworkInfo(name, "virbr0", True, "192.168.122.1")
 
     def network(self, name: str) -> NetworkInfo:
         return NetworkInfo(name, "virbr0", self.network_active)

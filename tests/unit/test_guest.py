@@ -216,3 +216,25 @@ def test_a_failed_removal_is_left_in_the_journal_and_hides_neither_the_error_nor
         raise RuntimeError("task failed")
     assert [r.kind for r in read_journal(journal.path).outstanding] == ["overlay"]
     assert world.hv.domains == {} and not (world.tmp / "keys" / NAME).exists()
+
+
+def test_guests_get_an_isolated_port_and_the_clean_traffic_filter_by_default(world: World) -> None:
+    """[network] isolation = on (the default): the interface is an isolated bridge port with
+    clean-traffic, its IP learnt from DHCP answers of the host's own address only."""
+    from vm_isolation.domainxml import InterfacePolicy, TrafficFilter
+
+    with world.launcher.boot(world.request):
+        policy = world.hv.specs[NAME].interface
+    assert policy == InterfacePolicy(isolated_port=True, traffic_filter=TrafficFilter(
+        "clean-traffic", (("CTRL_IP_LEARNING", "dhcp"), ("DHCPSERVER", "192.168.122.1"))))
+
+
+def test_isolation_off_leaves_the_interface_unconfined(tmp_path: Path) -> None:
+    """[network] isolation = off: no isolated port, no filter (an operator-managed network)."""
+    from vm_isolation.config import NetworkSettings
+    from vm_isolation.domainxml import InterfacePolicy
+
+    w = World(tmp_path, FakeHypervisor())
+    w.launcher.settings = replace(w.settings, network=NetworkSettings(isolation="off"))
+    with w.launcher.boot(w.request):
+        assert w.hv.specs[NAME].interface == InterfacePolicy()
