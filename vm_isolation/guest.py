@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol, TypeVar
 from . import overlay
 from .config import Settings
 from .domainxml import DomainSpec, InterfacePolicy, Owner, TrafficFilter
-from .errors import AddressTimeout, GuestDied, GuestError, SshUnavailable, VmIsolationError
+from .errors import AddressTimeout, FirewallError, GuestDied, GuestError, SshUnavailable, VmIsolationError
 from .hypervisor import NetworkInfo
 from .ids import DomainName, random_mac
 from .journal import NO_JOURNAL, ResourceJournal
@@ -66,6 +66,14 @@ class Hypervisor(Protocol):
     def destroy(self, name: str) -> None: ...
     def undefine(self, name: str) -> None: ...
     def require_active_network(self, name: str) -> NetworkInfo: ...
+
+
+class GuestFirewall(Protocol):
+    """The host's firewall for the guests' bridge (see hostfirewall.NftFirewall)."""
+
+    def problems(self, bridge: str) -> list[str]: ...
+    def open_port(self, ip: str, port: int) -> None: ...
+    def close_port(self, ip: str, port: int) -> None: ...
 
 
 class Disks(Protocol):
@@ -187,6 +195,7 @@ class GuestLauncher:
         domain_type: str,
         connect: Connector,
         make_key: KeyFactory,
+        firewall: GuestFirewall,
         disks: Optional[Disks] = None,
         clock: Clock = SYSTEM_CLOCK,
         wallclock: Callable[[], float] = time.time,
@@ -197,6 +206,7 @@ class GuestLauncher:
         self.domain_type = domain_type
         self._connect = connect
         self._make_key = make_key
+        self.firewall = firewall
         self._disks = disks or QemuImgDisks()
         self._clock = clock
         self._wallclock = wallclock
@@ -237,6 +247,7 @@ class _Boot:
 
     def run(self, undo: ExitStack) -> Guest:
         self.net_info = self.l.hypervisor.require_active_network(self.network)
+        self._require_enforced_policy()
         self._timed(Phase.OVERLAY, lambda: self._overlay(undo))
         key = self._key(undo)
         self._timed(Phase.DEFINE, lambda: self._define(undo, key))
@@ -315,6 +326,19 @@ class _Boot:
         # Registered before start, so it runs after destroy: a dead guest cannot renew it.
         self._record("lease", mac=self.mac, network=self.network)
         self._on_undo(undo, "lease", self._release_lease)
+
+    def _require_enforced_policy(self) -> None:
+        """With isolation on, refuse to boot (before anything exists) on a host that would not
+        enforce the guests' network policy."""
+        if not self.l.settings.network.enforced:
+            return
+        missing = self.l.firewall.problems(self.net_info.bridge)
+        if missing:
+            raise FirewallError(
+                f"the host does not enforce the guests' network isolation on {self.net_info.bridge}: "
+                f"{'; '.join(missing)}. Run `python -m vm_isolation.hostsetup` as root (it installs the "
+                f"nftables table inet vmiso), or set [network] isolation = off where the operator "
+                f"isolates the network by other means")
 
     def _interface_policy(self) -> InterfacePolicy:
         """With ``[network] isolation = on``: an isolated bridge port (no frame between two
