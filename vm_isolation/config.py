@@ -13,6 +13,7 @@ parsed here as well, into :class:`MesosEnvironment`.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import math
 import os
 import re
@@ -26,6 +27,8 @@ DEFAULT_CONF_PATH = Path("/etc/vm-isolation/mesos.conf")
 CONF_ENV = "VM_ISOLATION_CONF"
 ENV_PREFIX = "VM_ISOLATION_"
 DOMAIN_TYPES = ("auto", "kvm", "qemu")
+EGRESS_POLICIES = ("nat", "none", "allow-list")
+ISOLATION_MODES = ("on", "off")
 
 
 @dataclass(frozen=True)
@@ -99,11 +102,28 @@ class ExecutorSettings:
 
 
 @dataclass(frozen=True)
+class NetworkSettings:
+    isolation: str = "on"
+    """on: every guest gets an isolated bridge port and the clean-traffic filter, and guests are
+    booted only while the host's nftables table is in place; off: none of it (see SECURITY.md)."""
+    egress: str = "nat"
+    """Where guests may send traffic beyond the bridge: nat (anywhere the host can reach, except
+    link-local/metadata addresses), none (nowhere), allow-list (only ``allow``)."""
+    allow: tuple[str, ...] = ()
+    """egress = allow-list: the IPv4 networks (CIDR) guests may reach."""
+
+    @property
+    def enforced(self) -> bool:
+        return self.isolation == "on"
+
+
+@dataclass(frozen=True)
 class Settings:
     libvirt: LibvirtSettings = LibvirtSettings()
     images: ImageSettings = ImageSettings()
     vm: VmSettings = VmSettings()
     executor: ExecutorSettings = ExecutorSettings()
+    network: NetworkSettings = NetworkSettings()
     source: Optional[Path] = None
     """The file these settings were read from, for messages."""
 
@@ -114,11 +134,13 @@ _INT_KEYS = {"memory_floor_mib", "default_memory_mib", "max_memory_mib", "max_vc
 _FLOAT_KEYS = {"boot_timeout_s", "ssh_timeout_s", "kill_grace_s", "ack_timeout_s", "linger_s", "wrap_boot_budget_s"}
 _BOOL_KEYS = {"wrap_copy_back"}
 _PATH_KEYS = {"overlay_dir", "key_dir", "console_dir", "owner_dir"}
+_CIDR_LIST_KEYS = {"allow"}
 _SECTIONS = {
     "libvirt": LibvirtSettings,
     "images": None,  # handled by _images
     "vm": VmSettings,
     "executor": ExecutorSettings,
+    "network": NetworkSettings,
 }
 
 
@@ -160,6 +182,7 @@ def settings_from_parser(parser: configparser.ConfigParser, source: Optional[Pat
         images=_images(parser, source),
         vm=_section(parser, "vm", VmSettings, source),
         executor=_section(parser, "executor", ExecutorSettings, source),
+        network=_section(parser, "network", NetworkSettings, source),
         source=source,
     )
 
@@ -217,6 +240,8 @@ def _convert(section: str, key: str, raw: str, source: Optional[Path]) -> object
         return number
     if key in _PATH_KEYS:
         return Path(raw)
+    if key in _CIDR_LIST_KEYS:
+        return _cidr_list(raw, where)
     if key in _BOOL_KEYS:
         if raw.lower() not in ("true", "false"):
             raise ConfigError(f"{where}: expected true or false")
@@ -232,6 +257,33 @@ def _validate(section: str, settings: object, source: Optional[Path]) -> None:
         )
     if isinstance(settings, VmSettings) and settings.memory_floor_mib > settings.max_memory_mib:
         raise ConfigError(f"{source}: [vm] memory_floor_mib is above max_memory_mib")
+    if isinstance(settings, NetworkSettings):
+        _validate_network(settings, source)
+
+
+def _validate_network(settings: NetworkSettings, source: Optional[Path]) -> None:
+    if settings.isolation not in ISOLATION_MODES:
+        raise ConfigError(f"{source}: [network] isolation = {settings.isolation!r}: use on or off")
+    if settings.egress not in EGRESS_POLICIES:
+        raise ConfigError(f"{source}: [network] egress = {settings.egress!r}: use one of "
+                          f"{', '.join(EGRESS_POLICIES)}")
+    if settings.allow and settings.egress != "allow-list":
+        raise ConfigError(f"{source}: [network] allow is set but egress = {settings.egress}: "
+                          "set egress = allow-list, or remove allow")
+
+
+def _cidr_list(raw: str, where: str) -> tuple[str, ...]:
+    """Comma-separated IPv4 networks, normalised (``10.1.2.3/8`` is refused: host bits set)."""
+    networks = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            network = ipaddress.IPv4Network(item)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {item!r} is not an IPv4 network in CIDR form ({exc})") from None
+        networks.append(str(network))
+    return tuple(networks)
 
 
 def _images(parser: configparser.ConfigParser, source: Optional[Path]) -> ImageSettings:

@@ -41,6 +41,23 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class TrafficFilter:
+    """A libvirt nwfilter applied to the guest's interface (``<filterref>``) and its parameters."""
+
+    name: str
+    parameters: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class InterfacePolicy:
+    """How the guest's interface is confined on its network; the default confines nothing."""
+
+    isolated_port: bool = False
+    """``<port isolated='yes'/>``: the bridge forwards nothing between two isolated ports."""
+    traffic_filter: Optional[TrafficFilter] = None
+
+
+@dataclass(frozen=True)
 class DomainSpec:
     name: str
     domain_type: str
@@ -54,6 +71,7 @@ class DomainSpec:
     network: str
     console_log: Path
     owner: Owner
+    interface: InterfacePolicy = InterfacePolicy()
 
 
 def render(spec: DomainSpec) -> str:
@@ -102,6 +120,12 @@ def _devices(spec: DomainSpec) -> ET.Element:
     ET.SubElement(iface, "source", network=spec.network)
     ET.SubElement(iface, "mac", address=spec.mac)
     ET.SubElement(iface, "model", type="virtio")
+    if spec.interface.traffic_filter is not None:
+        ref = ET.SubElement(iface, "filterref", filter=spec.interface.traffic_filter.name)
+        for name, value in spec.interface.traffic_filter.parameters:
+            ET.SubElement(ref, "parameter", name=name, value=value)
+    if spec.interface.isolated_port:
+        ET.SubElement(iface, "port", isolated="yes")
     serial = ET.SubElement(devices, "serial", type="file")
     ET.SubElement(serial, "source", path=str(spec.console_log))
     ET.SubElement(serial, "target", port="0")
@@ -140,6 +164,10 @@ def _check_xml_safe(spec: DomainSpec) -> None:
                 f"{field.name} contains control characters (such as NUL) that cannot be "
                 f"recorded: use printable characters"
             )
-    for value in (spec.name, spec.cmdline, spec.network, spec.mac):
+    policy_values = [v for pair in (spec.interface.traffic_filter.parameters if spec.interface.traffic_filter
+                                    else ()) for v in pair]
+    if spec.interface.traffic_filter is not None:
+        policy_values.append(spec.interface.traffic_filter.name)
+    for value in (spec.name, spec.cmdline, spec.network, spec.mac, *policy_values):
         if _XML_INVALID.search(value):
             raise InvalidTask("a domain value contains control characters")

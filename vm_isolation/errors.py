@@ -7,7 +7,8 @@
     │   ├── LibvirtUnavailable
     │   ├── NetworkUnavailable
     │   ├── ImageError
-    │   └── StorageError
+    │   ├── StorageError
+    │   └── FirewallError      the guests' network policy cannot be enforced (nft, rules missing)
     ├── GuestError             one guest failed in a phase (boot, address, ssh, ...) -> TASK_FAILED
     │   ├── GuestDied
     │   ├── AddressTimeout
@@ -56,6 +57,11 @@ class ImageError(HostError):
 
 class StorageError(HostError):
     """A directory we must write to is missing, read-only or full."""
+
+
+class FirewallError(HostError):
+    """The host cannot enforce the guests' network policy: nft is missing, the table is not
+    installed, or nft refused a change."""
 
 
 class NotFound(VmIsolationError):

@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterator, Optional, Protocol, TypeVar
 
 from . import overlay
 from .config import Settings
-from .domainxml import DomainSpec, Owner
-from .errors import AddressTimeout, GuestDied, GuestError, SshUnavailable, VmIsolationError
+from .domainxml import DomainSpec, InterfacePolicy, Owner, TrafficFilter
+from .errors import AddressTimeout, FirewallError, GuestDied, GuestError, SshUnavailable, VmIsolationError
 from .hypervisor import NetworkInfo
 from .ids import DomainName, random_mac
 from .journal import NO_JOURNAL, ResourceJournal
@@ -72,6 +72,14 @@ class Hypervisor(Protocol):
     def destroy(self, name: str) -> None: ...
     def undefine(self, name: str) -> None: ...
     def require_active_network(self, name: str) -> NetworkInfo: ...
+
+
+class GuestFirewall(Protocol):
+    """The host's firewall for the guests' bridge (see hostfirewall.NftFirewall)."""
+
+    def problems(self, bridge: str) -> list[str]: ...
+    def open_port(self, ip: str, port: int) -> None: ...
+    def close_port(self, ip: str, port: int) -> None: ...
 
 
 class Disks(Protocol):
@@ -204,6 +212,7 @@ class GuestLauncher:
         domain_type: str,
         connect: Connector,
         make_key: KeyFactory,
+        firewall: GuestFirewall,
         disks: Optional[Disks] = None,
         clock: Clock = SYSTEM_CLOCK,
         wallclock: Callable[[], float] = time.time,
@@ -214,6 +223,7 @@ class GuestLauncher:
         self.domain_type = domain_type
         self._connect = connect
         self._make_key = make_key
+        self.firewall = firewall
         self._disks = disks or QemuImgDisks()
         self._clock = clock
         self._wallclock = wallclock
@@ -250,9 +260,11 @@ class _Boot:
         self.timings: dict[str, float] = {}
         self.lease: Optional[Lease] = None
         self.phase = Phase.OVERLAY
+        self.net_info = NetworkInfo(self.network, "", True)
 
     def run(self, undo: ExitStack) -> Guest:
-        self.l.hypervisor.require_active_network(self.network)
+        self.net_info = self.l.hypervisor.require_active_network(self.network)
+        self._require_enforced_policy()
         self._timed(Phase.OVERLAY, lambda: self._overlay(undo))
         key = self._key(undo)
         self._timed(Phase.DEFINE, lambda: self._define(undo, key))
@@ -324,6 +336,7 @@ class _Boot:
             network=self.network,
             console_log=self.console_log,
             owner=replace(self.req.owner, created_at=self.l._wallclock()),
+            interface=self._interface_policy(),
         )
         self._record("domain")
         self.l.hypervisor.define(spec)
@@ -341,6 +354,31 @@ class _Boot:
             fd = os.open(self.console_log, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             os.fchmod(fd, 0o644)  # whatever the umask
             os.close(fd)
+
+    def _require_enforced_policy(self) -> None:
+        """With isolation on, refuse to boot (before anything exists) on a host that would not
+        enforce the guests' network policy."""
+        if not self.l.settings.network.enforced:
+            return
+        missing = self.l.firewall.problems(self.net_info.bridge)
+        if missing:
+            raise FirewallError(
+                f"the host does not enforce the guests' network isolation on {self.net_info.bridge}: "
+                f"{'; '.join(missing)}. Run `python -m vm_isolation.hostsetup` as root (it installs the "
+                f"nftables table inet vmiso), or set [network] isolation = off where the operator "
+                f"isolates the network by other means")
+
+    def _interface_policy(self) -> InterfacePolicy:
+        """With ``[network] isolation = on``: an isolated bridge port (no frame between two
+        guests) and libvirt's ``clean-traffic`` filter (only the guest's own MAC, and the IP its
+        DHCP lease gave it, learnt from the lease dnsmasq on the host's address hands out)."""
+        if not self.l.settings.network.enforced:
+            return InterfacePolicy()
+        parameters = [("CTRL_IP_LEARNING", "dhcp")]
+        if self.net_info.address:
+            parameters.append(("DHCPSERVER", self.net_info.address))
+        return InterfacePolicy(isolated_port=True,
+                               traffic_filter=TrafficFilter("clean-traffic", tuple(parameters)))
 
     def _cmdline(self, key: ClientKeyLike) -> str:
         key_type, key_b64 = key.public_openssh.split()[:2]

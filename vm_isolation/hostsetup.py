@@ -10,6 +10,10 @@ The network tuning, measured in shared/reference/vm-stack.md:
     4 guests booting at once got their leases after 23 s instead of 8-10 s.
 A network that running guests (not necessarily ours) are attached to is never restarted: its
 persistent definition is updated and the change takes effect at its next start.
+
+Then the guests' network policy is installed: the nftables table ``inet vmiso``
+(:mod:`hostfirewall`; ``[network] egress`` and ``allow`` choose its egress rules). Re-running
+host set-up re-applies it, e.g. after an operator flushed the ruleset.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional
 
+from . import hostfirewall
 from .accel import resolve_domain_type
 from .config import Settings, load_settings
-from .errors import NotFound, VmIsolationError
+from .errors import FirewallError, NotFound, VmIsolationError
 from .hostservices import ensure_reaper_watch
 from .hypervisor import LibvirtHypervisor
 from .waiting import WaitTimeout
@@ -87,6 +92,20 @@ def ensure_network(hv: LibvirtHypervisor, name: str) -> None:
     log.info("network %s: active on %s", name, hv.network(name).bridge)
 
 
+def ensure_firewall(hv: LibvirtHypervisor, settings: Settings) -> None:
+    """Install (or update) the nftables table that confines the guests on the network's bridge
+    (:mod:`hostfirewall`); with ``[network] isolation = off`` nothing is installed."""
+    if not settings.network.enforced:
+        log.warning("[network] isolation = off: no nftables rules installed; guests can reach each "
+                    "other, the host and the outside as the network allows")
+        return
+    info = hv.network(settings.libvirt.network)
+    if not info.address:
+        raise FirewallError(f"network {info.name} has no IPv4 address on the host: cannot scope the rules")
+    hostfirewall.install(hostfirewall.FirewallPolicy(
+        bridge=info.bridge, address=info.address, egress=settings.network.egress, allow=settings.network.allow))
+
+
 def check_images(settings: Settings) -> list[str]:
     """Problems with the configured kernel, initramfs and base images (empty: all present)."""
     paths = [settings.images.kernel, settings.images.initrd, *settings.images.bases.values()]
@@ -103,6 +122,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         settings = load_settings(args.config)
         hv = LibvirtHypervisor(settings.libvirt.uri)
         ensure_network(hv, settings.libvirt.network)
+        ensure_firewall(hv, settings)
         log.info("domain type: %s (configured: %s)",
                  resolve_domain_type(settings.libvirt.domain_type), settings.libvirt.domain_type)
         problems = check_images(settings)

@@ -54,6 +54,8 @@ class NetworkInfo:
     name: str
     bridge: str
     active: bool
+    address: str = ""
+    """The host's IPv4 address on the network (its first ``<ip address=...>``), '' if none."""
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,8 @@ class LibvirtHypervisor:
         """The named network; NetworkUnavailable if it does not exist."""
         try:
             net = self._call(f"look up network {name}", lambda c: c.networkLookupByName(name))
-            return NetworkInfo(name=name, bridge=net.bridgeName(), active=bool(net.isActive()))
+            return NetworkInfo(name=name, bridge=net.bridgeName(), active=bool(net.isActive()),
+                               address=_network_address(str(net.XMLDesc(0))))
         except NotFound:
             raise NetworkUnavailable(
                 f"libvirt network {name!r} does not exist: define it (scripts/host-setup.sh sets "
@@ -317,6 +320,17 @@ def _mapped(what: str, exc: libvirt.libvirtError) -> VmIsolationError:
             f"{message}. libvirtd went away: restart it (scripts/host-setup.sh)"
         )
     return VmIsolationError(message)
+
+
+def _network_address(xml: str) -> str:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return ""
+    for ip in root.findall("ip"):
+        if ip.get("family", "ipv4") == "ipv4" and ip.get("address"):
+            return str(ip.get("address"))
+    return ""
 
 
 def _macs(xml: str) -> tuple[str, ...]:

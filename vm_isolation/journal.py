@@ -10,8 +10,11 @@ One JSON object per line, appended and flushed to disk before the resource is cr
 
     {"op": "owner", "framework_id", "executor_id", "container_id", "pid", "start_time",
      "owner_file", "t"}
-    {"op": "create", "kind": "key_dir" | "overlay" | "domain" | "lease" | "launcher",
-     "domain": "vmiso-...", "task_id", "path" | "mac" + "network", "t"}
+    {"op": "create", "kind": "key_dir" | "overlay" | "domain" | "lease" | "launcher" | "agent_port",
+     "domain": "vmiso-...", "task_id", "path" | "mac" + "network" | "address", "t"}
+
+(``agent_port``: wrap mode's opening of the agent's port for one guest, ``address`` is
+"guest-ip:port"; see :mod:`hostfirewall`.)
     {"op": "remove", "kind", "domain", "t"}          after the resource is gone
 
 :func:`read_journal` replays a journal into what was created and never removed; the reaper
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 
 JOURNAL_DIR = ".vm-isolation"
 JOURNAL_FILE = "journal.jsonl"
-KINDS = ("key_dir", "overlay", "domain", "lease", "launcher")
+KINDS = ("key_dir", "overlay", "domain", "lease", "launcher", "agent_port")
 
 
 class ResourceJournal(Protocol):
@@ -132,6 +135,8 @@ class Resource:
     path: str = ""
     mac: str = ""
     network: str = ""
+    address: str = ""
+    """agent_port: "guest-ip:port"."""
 
 
 @dataclass
@@ -166,7 +171,7 @@ def read_journal(path: Path) -> JournalState:
                                     owner_file=str(record.get("owner_file", "")))
             elif op == "create" and kind in KINDS and domain:
                 live[(kind, domain)] = Resource(kind, domain, **{
-                    k: str(record[k]) for k in ("task_id", "path", "mac", "network") if k in record})
+                    k: str(record[k]) for k in ("task_id", "path", "mac", "network", "address") if k in record})
             elif op == "remove":
                 live.pop((kind, domain), None)
                 if kind == "overlay":  # the launcher script lived on the guest's overlay

@@ -84,6 +84,13 @@ class LeaseBook(Protocol):
     def release(self, network: str, lease: Lease) -> None: ...
 
 
+class PortTable(Protocol):
+    """The host firewall's per-guest openings (hostfirewall.NftFirewall has it)."""
+
+    def opened_ports(self) -> set[tuple[str, int]]: ...
+    def close_port(self, ip: str, port: int) -> None: ...
+
+
 class ProcessTable(Protocol):
     def is_alive(self, pid: int, start_time: str) -> bool:
         """True if ``pid`` runs and (when ``start_time`` is known) started at ``start_time``."""
@@ -97,6 +104,7 @@ class Kind(enum.StrEnum):
     OVERLAY = "overlay"
     KEY_DIR = "key_dir"
     LEASE = "lease"
+    AGENT_PORT = "agent_port"
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ class Leftover:
     name: str
     reason: str
     path: str = ""
-    """The file or directory (overlays and key directories); the IP (leases)."""
+    """The file or directory (overlays and key directories); the IP (leases); "ip:port" (agent ports)."""
     macs: tuple[str, ...] = ()
     owner: Optional[dict[str, Any]] = None
     """The domain's Owner metadata, as a dict."""
@@ -149,6 +157,7 @@ def reap(
     owner_dir_pass: bool = True,
     dry_run: bool = False,
     wallclock: Callable[[], float] = time.time,
+    ports: Optional[PortTable] = None,
 ) -> ReapReport:
     """Find (and unless ``dry_run``, remove) every leftover of a dead executor.
 
@@ -156,8 +165,10 @@ def reap(
     executor's (what an executor calls at start-up); ``orphan_files`` (default: only when no
     such restriction is given) also scans the overlay and key directories for files of no
     domain; ``journals`` are sandbox journals to finish the teardown of; ``owner_dir_pass``
-    also replays the journals of dead owner files and deletes those files. Never raises for one
-    leftover: failures are collected in ``report.errors``.
+    also replays the journals of dead owner files and deletes those files; ``ports`` (the host
+    firewall) lets journaled agent-port openings be closed, and with ``orphan_files`` every
+    opening whose IP no defined domain of ours holds. Never raises for one leftover: failures
+    are collected in ``report.errors``.
     """
     report = ReapReport(dry_run=dry_run)
     procs = processes or ProcProcessTable()
@@ -176,9 +187,10 @@ def reap(
                    if owner_dir_pass else {})
     journal_errors: dict[Path, int] = {}
     replay = [*journals, *(j for j in dead_owners.values() if j is not None)]
+    openings = _Openings(settings, hypervisor, leases, ports, report)
     for journal in dict.fromkeys(replay):
         errors_before = len(report.errors)
-        for leftover, remove in _from_journal(settings, hypervisor, leases, journal, procs, report):
+        for leftover, remove in _from_journal(settings, hypervisor, leases, journal, procs, report, openings):
             report.found.append(leftover)
             if not dry_run:
                 remove()
@@ -196,6 +208,10 @@ def reap(
             report.found.append(leftover)
             if not dry_run:
                 _remove_orphan_file(settings, hypervisor, leftover, report)
+        for leftover, remove in openings.orphans():
+            report.found.append(leftover)
+            if not dry_run:
+                remove()
     return report
 
 
@@ -315,7 +331,8 @@ def _key_path(settings: Settings, name: str) -> Path:
 
 
 def _from_journal(settings: Settings, hypervisor: DomainTable, leases: LeaseBook, path: Path,
-                  procs: ProcessTable, report: ReapReport) -> Iterator[tuple[Leftover, Callable[[], None]]]:
+                  procs: ProcessTable, report: ReapReport,
+                  openings: _Openings) -> Iterator[tuple[Leftover, Callable[[], None]]]:
     """What ``path`` says its dead owner created and never removed, each with its removal."""
     try:
         journal = read_journal(path)
@@ -341,6 +358,9 @@ def _from_journal(settings: Settings, hypervisor: DomainTable, leases: LeaseBook
         if res.kind == "lease":
             yield from _journal_leases(settings, leases, res.domain, res.mac, res.network, reason, report)
             continue
+        if res.kind == "agent_port":
+            yield from openings.from_journal(res.domain, res.address, reason)
+            continue
         kind = Kind.OVERLAY if res.kind == "overlay" else Kind.KEY_DIR
         expected = _overlay_path(settings, res.domain) if kind is Kind.OVERLAY else _key_path(settings, res.domain)
         if res.path != str(expected):
@@ -362,6 +382,72 @@ def _journal_leases(settings: Settings, leases: LeaseBook, name: str, mac: str, 
     for lease in found:
         yield (Leftover(Kind.LEASE, name, reason, path=lease.ip, macs=(mac,)),
                functools.partial(_release_lease, network, leases, name, mac, lease, report))
+
+
+class _Openings:
+    """Wrap mode's per-guest openings of the agent's port (:mod:`hostfirewall`).
+
+    A journal is writable by the framework (fetched URIs land in the sandbox), so an opening is
+    closed only if it exists and its IP is not held by a defined domain of ours: a forged journal
+    cannot close a live guest's opening.
+    """
+
+    def __init__(self, settings: Settings, hypervisor: DomainTable, leases: LeaseBook,
+                 ports: Optional[PortTable], report: ReapReport) -> None:
+        self._settings, self._hv, self._leases, self._ports, self._report = settings, hypervisor, leases, ports, report
+        self._opened: Optional[set[tuple[str, int]]] = None
+        self._held: Optional[set[str]] = None
+
+    def from_journal(self, name: str, address: str, reason: str) -> Iterator[tuple[Leftover, Callable[[], None]]]:
+        ip, _, port = address.rpartition(":")
+        if self._ports is None or not port.isdigit() or (ip, int(port)) not in self._opened_ports():
+            return
+        if ip in self._held_ips():
+            self._report.kept.append(f"agent port {address} of {name}: {ip} is held by a live guest; left alone")
+            return
+        yield Leftover(Kind.AGENT_PORT, name, reason, path=address), functools.partial(self._close, name, ip, int(port))
+
+    def orphans(self) -> Iterator[tuple[Leftover, Callable[[], None]]]:
+        if self._ports is None:
+            return
+        for ip, port in sorted(self._opened_ports()):
+            if ip not in self._held_ips():
+                yield (Leftover(Kind.AGENT_PORT, "", f"no defined domain of ours holds {ip}", path=f"{ip}:{port}"),
+                       functools.partial(self._close, "", ip, port))
+
+    def _close(self, name: str, ip: str, port: int) -> None:
+        assert self._ports is not None
+        try:
+            self._ports.close_port(ip, port)
+        except VmIsolationError as exc:
+            self._report.errors.append(f"{name or ip}: cannot close the agent port {ip}:{port}: {exc}")
+            return
+        self._opened_ports().discard((ip, port))
+        self._report.removed.append(f"closed agent port {ip}:{port}" + (f" of {name}" if name else ""))
+
+    def _opened_ports(self) -> set[tuple[str, int]]:
+        if self._opened is None:
+            assert self._ports is not None
+            try:
+                self._opened = self._ports.opened_ports()
+            except VmIsolationError as exc:
+                self._report.errors.append(f"cannot list the agent-port openings: {exc}")
+                self._opened = set()
+        return self._opened
+
+    def _held_ips(self) -> set[str]:
+        """IPs leased to domains of ours that are defined now (after this pass's removals)."""
+        if self._held is None:
+            held: set[str] = set()
+            try:
+                for domain in self._hv.owned_domains():
+                    for mac in domain.macs:
+                        held.update(lease.ip for lease in self._leases.all_for(self._settings.libvirt.network, mac))
+            except VmIsolationError as exc:
+                self._report.errors.append(f"cannot tell which guests hold which IP: {exc}")
+                held = {ip for ip, _ in self._opened_ports()}  # when in doubt, keep
+            self._held = held
+        return self._held
 
 
 def _orphan_files(settings: Settings, hypervisor: DomainTable, min_age_s: float, now: float,

@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 
 from .config import Settings
 from .errors import StorageError
+from .hostfirewall import NftFirewall
 from .ownership import Liveness, liveness
 from .reaper import DEFAULT_ORPHAN_MIN_AGE_S, DomainTable, LeaseBook, ReapReport, reap
 
@@ -98,7 +99,8 @@ def watch(settings: Settings, hypervisor: DomainTable, leases: LeaseBook, stop: 
         if full:
             next_full = started + full_every_s
         report = reap(settings, hypervisor, leases, orphan_files=full, orphan_min_age_s=orphan_min_age_s,
-                      journals=journals() if full else ())
+                      journals=journals() if full else (),
+                      ports=NftFirewall() if settings.network.enforced else None)
         for line in report.removed:
             log.info("removed: %s", line)
         for leftover in report.found:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .accel import resolve_domain_type
 from .config import Settings
 from .guest import GuestLauncher
+from .hostfirewall import NftFirewall
 from .hypervisor import LibvirtHypervisor
 from .leases import Leases
 from .remote import SshRemote
@@ -21,4 +22,5 @@ def real_launcher(settings: Settings, hypervisor: LibvirtHypervisor | None = Non
         domain_type=resolve_domain_type(settings.libvirt.domain_type),
         connect=SshRemote.connect,
         make_key=generate_client_key,
+        firewall=NftFirewall(),
     )

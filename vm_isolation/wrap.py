@@ -21,6 +21,7 @@ import signal
 import socket
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
@@ -216,7 +217,11 @@ class Wrapper:
 
     # --- the run -----------------------------------------------------------------------
     def _run_inner(self, guest: Guest, budget: threading.Timer) -> int:
-        endpoint = self._reachable_agent_endpoint(guest)
+        with ExitStack() as undo:
+            endpoint = self._reachable_agent_endpoint(guest, undo)
+            return self._upload_and_run(guest, budget, endpoint)
+
+    def _upload_and_run(self, guest: Guest, budget: threading.Timer, endpoint: str) -> int:
         copied = sandbox.upload(guest.remote, self.env.directory, self.settings.executor.guest_sandbox)
         log.info("uploaded %d sandbox file(s) into %s", copied, guest.name)
         budget.cancel()
@@ -245,16 +250,19 @@ class Wrapper:
         return inner_launch_spec(self.env, self.command, guest_ip=guest.ip, agent_endpoint=endpoint,
                                  guest_sandbox=self.settings.executor.guest_sandbox, host_cwd=self._host_cwd)
 
-    def _reachable_agent_endpoint(self, guest: Guest) -> str:
+    def _reachable_agent_endpoint(self, guest: Guest, undo: ExitStack) -> str:
         """host:port of the agent as the guest can reach it; HostError saying how to fix it.
 
         The check connects from the host to its own address on the guests' bridge: it tells
-        whether the agent listens there. (libvirt's NAT network accepts guest -> host traffic;
-        a host firewall that drops it is not detected.)
+        whether the agent listens there. With ``[network] isolation = on`` the host is closed to
+        guests, so that port is then opened for this guest only (:meth:`_open_agent_port`), until
+        the inner executor is gone. The SSH tunnel needs no opening: it rides the host's own
+        session into the guest.
         """
         host, port = split_endpoint(self.env.agent_endpoint)
         bridge = self._bridge_address()
         if _listening(bridge, port):
+            self._open_agent_port(guest, port, undo)
             return f"{bridge}:{port}"
         if self.command.tunnel and _listening(host, port):
             guest.remote.forward_to_host(port, host, port)
@@ -266,6 +274,29 @@ class Wrapper:
             f"host's address on the guests' network{', nor through the SSH tunnel' if self.command.tunnel else ''}: "
             f"start the agent with --ip={bridge} or --ip=0.0.0.0 so it listens there, or (v1 HTTP executors) "
             f"pass --tunnel to vm-isolation-executor")
+
+    def _open_agent_port(self, guest: Guest, port: int, undo: ExitStack) -> None:
+        """Let this guest (its leased IP, which clean-traffic keeps it from changing) reach the
+        agent's port on the host's bridge address; journaled first, so a reaper closes it if we
+        die, and closed before the guest is torn down."""
+        if not self.settings.network.enforced:
+            return
+        firewall = self.launcher.firewall
+        address = f"{guest.ip}:{port}"
+        self._journal.creating("agent_port", guest.name, task_id=self._owner.task_id, address=address)
+
+        def close() -> None:
+            try:
+                firewall.close_port(guest.ip, port)
+            except VmIsolationError as exc:
+                log.error("could not close the agent port %s of %s (%s); vm-isolation-reap will retry",
+                          address, guest.name, exc)
+                return
+            self._journal.removed("agent_port", guest.name)
+        undo.callback(close)
+        firewall.open_port(guest.ip, port)
+        log.info("opened the agent's port %d on the host's bridge address for %s (%s) only", port, guest.name,
+                 guest.ip)
 
     def _started(self, pgid: int) -> None:
         self._pgid = pgid

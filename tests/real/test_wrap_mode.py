@@ -7,6 +7,7 @@ import json
 import socket
 import sys
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -132,8 +133,13 @@ def test_a_v0_executor_in_the_guest_and_the_agent_can_reach_each_other(
     bridge_ip = bridge_ipv4(hypervisor.network(settings.libvirt.network).bridge)
     before = leftovers.snapshot()
     request = GuestRequest(name=domain_name_for("v0reach"), base_image=settings.images.base("python"))
-    with socket.create_server((bridge_ip, 0)) as host_side, real_launcher(settings, hypervisor).boot(request) as guest:
+    launcher = real_launcher(settings, hypervisor)
+    with socket.create_server((bridge_ip, 0)) as host_side, launcher.boot(request) as guest, ExitStack() as stack:
         host_port = host_side.getsockname()[1]
+        # The host is closed to guests: wrap mode opens the agent's port for its guest only.
+        firewall = launcher.firewall
+        firewall.open_port(guest.ip, host_port)
+        stack.callback(firewall.close_port, guest.ip, host_port)
         code, _, err = guest.remote.run_capture(
             f"python3 -c 'import socket; socket.create_connection((\"{bridge_ip}\", {host_port}), timeout=10)'",
             timeout_s=60)

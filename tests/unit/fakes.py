@@ -32,7 +32,7 @@ class FakeHypervisor:
         from vm_isolation.errors import NetworkUnavailable
         if not self.network_active:
             raise NetworkUnavailable(f"network {name} inactive")
-        return NetworkInfo(name, "virbr0", True)
+        return NetworkInfo(name, "virbr0", True, "192.168.122.1")
 
     def network(self, name: str) -> NetworkInfo:
         return NetworkInfo(name, "virbr0", self.network_active)
@@ -138,3 +138,26 @@ class FakeConnector:
         remote = FakeRemote(host, host_key)
         self.sessions.append(remote)
         return remote
+
+
+class FakeFirewall:
+    """The host firewall: a set of openings; ``missing`` lists what problems() reports."""
+
+    def __init__(self, missing: tuple[str, ...] = ()) -> None:
+        self.missing = list(missing)
+        self.opened: set[tuple[str, int]] = set()
+        self.calls: list[tuple[str, str, int]] = []
+
+    def problems(self, bridge: str) -> list[str]:
+        return list(self.missing)
+
+    def open_port(self, ip: str, port: int) -> None:
+        self.calls.append(("open", ip, port))
+        self.opened.add((ip, port))
+
+    def close_port(self, ip: str, port: int) -> None:
+        self.calls.append(("close", ip, port))
+        self.opened.discard((ip, port))
+
+    def opened_ports(self) -> set[tuple[str, int]]:
+        return set(self.opened)

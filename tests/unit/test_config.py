@@ -34,9 +34,9 @@ def test_every_setting_is_documented_in_the_example() -> None:
     """Each key of every settings group appears in the example with its default."""
     text = EXAMPLE.read_text()
     settings = Settings()
-    for group in (settings.libvirt, settings.vm, settings.executor):
+    for group in (settings.libvirt, settings.vm, settings.executor, settings.network):
         for key in group.__dataclass_fields__:
-            assert f"\n{key} = " in text, key
+            assert f"\n{key} =" in text, key
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:

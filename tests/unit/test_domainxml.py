@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from vm_isolation.domainxml import DomainSpec, Owner, parse_owner, render
+from vm_isolation.domainxml import DomainSpec, InterfacePolicy, Owner, TrafficFilter, parse_owner, render
 from vm_isolation.errors import InvalidTask
 
 GOLDEN = Path(__file__).parent / "golden" / "domain.xml"
@@ -86,3 +87,28 @@ def test_libvirt_test_driver_accepts_the_xml_and_keeps_the_metadata() -> None:
         hv.undefine(s.name)
         hv.undefine(s.name)  # idempotent
     assert hv.state(s.name) is None
+
+
+ISOLATED = InterfacePolicy(isolated_port=True, traffic_filter=TrafficFilter(
+    "clean-traffic", (("CTRL_IP_LEARNING", "dhcp"), ("DHCPSERVER", "192.168.122.1"))))
+
+
+def test_an_isolated_interface_carries_the_port_flag_and_the_filter_with_its_parameters() -> None:
+    """<port isolated='yes'/> and <filterref filter='clean-traffic'> with each parameter."""
+    iface = ET.fromstring(render(dataclasses.replace(spec(), interface=ISOLATED))).find("devices/interface")
+    assert iface is not None
+    assert iface.find("port").attrib == {"isolated": "yes"}  # type: ignore[union-attr]
+    ref = iface.find("filterref")
+    assert ref is not None and ref.get("filter") == "clean-traffic"
+    assert [(p.get("name"), p.get("value")) for p in ref.findall("parameter")] == [
+        ("CTRL_IP_LEARNING", "dhcp"), ("DHCPSERVER", "192.168.122.1")]
+
+
+def test_hostile_filter_values_are_escaped_or_refused() -> None:
+    """A filter parameter with markup stays data; one with NUL is refused."""
+    odd = InterfacePolicy(traffic_filter=TrafficFilter("f'<x>", (("A", "\"&<>'"),)))
+    ref = ET.fromstring(render(dataclasses.replace(spec(), interface=odd))).find("devices/interface/filterref")
+    assert ref is not None and ref.get("filter") == "f'<x>" and ref[0].get("value") == "\"&<>'"
+    with pytest.raises(InvalidTask):
+        render(dataclasses.replace(spec(), interface=InterfacePolicy(
+            traffic_filter=TrafficFilter("clean-traffic", (("IP", "1\0"),)))))

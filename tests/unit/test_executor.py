@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import pytest
 
-from tests.unit.fakes import FakeDisks, FakeHypervisor, FakeRemote, fake_key_factory
+from tests.unit.fakes import FakeDisks, FakeFirewall, FakeHypervisor, FakeRemote, fake_key_factory
 from vm_isolation.config import ExecutorSettings, MesosEnvironment, Settings, VmSettings
 from vm_isolation.executor import Executor
 from vm_isolation.guest import GuestLauncher
@@ -99,7 +99,8 @@ def world(tmp_path: Path, linger_s: float) -> Iterator[World]:
     hv = FakeHypervisor()
     guests = Guests()
     launcher = GuestLauncher(settings, hv, Leases(hv, status_dir=tmp_path / "none", release_command="true"),
-                             domain_type="qemu", connect=guests, make_key=fake_key_factory, disks=FakeDisks())
+                             domain_type="qemu", connect=guests, make_key=fake_key_factory, disks=FakeDisks(),
+                             firewall=FakeFirewall())
     env = MesosEnvironment(framework_id="fw", executor_id="ex", agent_endpoint="127.0.0.1:5051",
                            directory=tmp_path / "sandbox", checkpoint=False, shutdown_grace_period_s=5,
                            subscription_backoff_max_s=2, recovery_timeout_s=60)

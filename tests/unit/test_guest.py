@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.fakes import FakeConnector, FakeDisks, FakeHypervisor, fake_key_factory
+from tests.unit.fakes import FakeConnector, FakeDisks, FakeFirewall, FakeHypervisor, fake_key_factory
 from vm_isolation.config import Settings, VmSettings
 from vm_isolation.domainxml import Owner
 from vm_isolation.errors import AddressTimeout, GuestDied, NetworkUnavailable, SshAuthError
@@ -27,6 +27,7 @@ class World:
         self.disks = FakeDisks()
         self.clock = FakeClock()
         self.connector = connector or FakeConnector()
+        self.firewall = FakeFirewall()
         settings = Settings()
         self.settings = replace(settings, vm=replace(
             VmSettings(), overlay_dir=tmp_path / "overlays", key_dir=tmp_path / "keys",
@@ -35,6 +36,7 @@ class World:
             self.settings, hv, Leases(hv, status_dir=tmp_path / "no-status", release_command="true"),
             domain_type="qemu",
             connect=self.connector, make_key=fake_key_factory, disks=self.disks, clock=self.clock,
+            firewall=self.firewall,
             wallclock=lambda: 1234.5)
         self.request = GuestRequest(name=NAME, base_image=Path("/images/busybox.qcow2"))
         self.tmp = tmp_path
@@ -243,3 +245,45 @@ def test_ssh_waits_for_ready_and_an_image_that_never_says_it_is_only_slower(tmp_
         assert guest.remote is silent.connector.sessions[0]
         assert silent.clock.monotonic() - started >= READY_GRACE_S
     assert "acpi=noirq" in silent.hv.specs[NAME].cmdline
+def test_guests_get_an_isolated_port_and_the_clean_traffic_filter_by_default(world: World) -> None:
+    """[network] isolation = on (the default): the interface is an isolated bridge port with
+    clean-traffic, its IP learnt from DHCP answers of the host's own address only."""
+    from vm_isolation.domainxml import InterfacePolicy, TrafficFilter
+
+    with world.launcher.boot(world.request):
+        policy = world.hv.specs[NAME].interface
+    assert policy == InterfacePolicy(isolated_port=True, traffic_filter=TrafficFilter(
+        "clean-traffic", (("CTRL_IP_LEARNING", "dhcp"), ("DHCPSERVER", "192.168.122.1"))))
+
+
+def test_isolation_off_leaves_the_interface_unconfined(tmp_path: Path) -> None:
+    """[network] isolation = off: no isolated port, no filter (an operator-managed network)."""
+    from vm_isolation.config import NetworkSettings
+    from vm_isolation.domainxml import InterfacePolicy
+
+    w = World(tmp_path, FakeHypervisor())
+    w.launcher.settings = replace(w.settings, network=NetworkSettings(isolation="off"))
+    with w.launcher.boot(w.request):
+        assert w.hv.specs[NAME].interface == InterfacePolicy()
+
+
+def test_a_host_that_does_not_enforce_the_network_policy_boots_nothing(world: World) -> None:
+    """isolation = on and the nftables table missing: FirewallError naming it, nothing created."""
+    from vm_isolation.errors import FirewallError
+
+    world.firewall.missing = ["the nftables table inet vmiso is not installed"]
+    with pytest.raises(FirewallError, match="inet vmiso is not installed.*isolation = off"), \
+            world.launcher.boot(world.request):
+        pass
+    assert world.hv.calls == [] and world.disks.existing == set()
+
+
+def test_isolation_off_boots_without_asking_the_firewall(tmp_path: Path) -> None:
+    """isolation = off: the missing table does not matter."""
+    from vm_isolation.config import NetworkSettings
+
+    w = World(tmp_path, FakeHypervisor())
+    w.firewall.missing = ["no nft"]
+    w.launcher.settings = replace(w.settings, network=NetworkSettings(isolation="off"))
+    with w.launcher.boot(w.request):
+        pass

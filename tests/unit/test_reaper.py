@@ -371,3 +371,20 @@ def test_journal_files_are_not_reported_twice_by_the_orphan_scan(settings: Setti
     report = reap(settings, FakeDomains([]), FakeLeases(), processes=FakeProcesses(), orphan_min_age_s=0,
                   wallclock=later, journals=[journal_of(tmp_path, settings, DEAD_NAME)], dry_run=True)
     assert sorted(f.path for f in report.found) == sorted([str(overlay), str(key_dir)])
+
+
+def test_an_agent_port_opening_whose_guest_is_gone_is_closed_and_a_live_guests_is_kept(settings: Settings) -> None:
+    """Full pass: an opening for an IP no defined domain of ours holds is closed; the opening of
+    a live guest (its MAC's lease holds the IP) stays."""
+    from tests.unit.fakes import FakeFirewall
+
+    hv = FakeDomains([domain(settings, LIVE_NAME, pid=555, start="100")])
+    live_mac = hv.domains[LIVE_NAME].macs[0]
+    leases = FakeLeases({live_mac: [lease(live_mac, ip="192.168.122.20")]})
+    ports = FakeFirewall()
+    ports.opened = {("192.168.122.20", 5051), ("192.168.122.99", 5051)}
+    report = reap(settings, hv, leases, processes=FakeProcesses({555: "100"}), orphan_min_age_s=0,
+                  wallclock=later, ports=ports)
+    assert ports.opened == {("192.168.122.20", 5051)}
+    assert [f.path for f in report.found if f.kind.value == "agent_port"] == ["192.168.122.99:5051"]
+    assert report.removed == ["closed agent port 192.168.122.99:5051"]

@@ -147,3 +147,44 @@ def test_a_sandbox_older_than_the_wrap_budget_gives_up_before_booting(
     assert wrapper._registration_window_spent_s() == pytest.approx(55, abs=1)
     assert wrapper.run() == 1
     assert "registration window" in caplog.text and "wrap_boot_budget_s" in caplog.text
+
+
+class _FirewalledLauncher:
+    def __init__(self) -> None:
+        from tests.unit.fakes import FakeFirewall
+
+        self.firewall = FakeFirewall()
+        self.hypervisor = None
+
+
+def test_the_agents_port_is_opened_for_that_guest_only_journaled_and_closed_after(tmp_path: Path) -> None:
+    """isolation = on: the wrapper opens guest-ip . agent-port, records it in the journal before,
+    and closes it (journal says removed) when the inner executor is done."""
+    import socket
+    from contextlib import ExitStack
+    from types import SimpleNamespace
+
+    from vm_isolation.config import Settings
+    from vm_isolation.domainxml import Owner
+    from vm_isolation.journal import Journal, read_journal
+    from vm_isolation.wrap import Wrapper
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        env = mesos_environment({**AGENT_ENV, "MESOS_AGENT_ENDPOINT": f"127.0.0.1:{port}",
+                                 "MESOS_DIRECTORY": str(tmp_path)})
+        launcher = _FirewalledLauncher()
+        journal = Journal(tmp_path / "journal.jsonl", Owner(executor_pid=1))
+        wrapper = Wrapper(Settings(), env, launcher, InnerCommand(("true",)),  # type: ignore[arg-type]
+                          bridge_address=lambda: "127.0.0.1", out=lambda b: None, err=lambda b: None,
+                          journal=journal)
+        guest = SimpleNamespace(name="vmiso-w-0123456789", ip="192.168.122.9")
+        with ExitStack() as undo:
+            assert wrapper._reachable_agent_endpoint(guest, undo) == f"127.0.0.1:{port}"  # type: ignore[arg-type]
+            assert launcher.firewall.opened == {("192.168.122.9", port)}
+            outstanding = read_journal(journal.path).outstanding
+            assert [(r.kind, r.address) for r in outstanding] == [("agent_port", f"192.168.122.9:{port}")]
+    assert launcher.firewall.opened == set()
+    assert read_journal(journal.path).outstanding == []

@@ -33,6 +33,7 @@ from ..errors import VmIsolationError
 from ..executor import Executor
 from ..guest import GuestLauncher
 from ..hostaccess import access_problems, describe
+from ..hostfirewall import NftFirewall
 from ..hostnet import bridge_ipv4
 from ..hypervisor import LibvirtHypervisor
 from ..journal import Journal, earlier_runs, journal_path
@@ -166,7 +167,8 @@ def _reap_earlier_run(settings: Settings, hypervisor: LibvirtHypervisor, env: Me
     their owner metadata) and whatever its journal (a sibling run directory) lists."""
     try:
         report = reap(settings, hypervisor, Leases(hypervisor), journals=earlier_runs(env.directory),
-                      only_executor_id=env.executor_id, only_framework_id=env.framework_id)
+                      only_executor_id=env.executor_id, only_framework_id=env.framework_id,
+                      ports=NftFirewall() if settings.network.enforced else None)
     except VmIsolationError as exc:
         log.warning("could not check for leftovers of an earlier run: %s", exc)
         return

@@ -30,6 +30,7 @@ from typing import Optional
 
 from ..config import Settings, load_settings
 from ..errors import VmIsolationError
+from ..hostfirewall import NftFirewall
 from ..hypervisor import LibvirtHypervisor
 from ..journal import journals_under
 from ..leases import Leases
@@ -79,7 +80,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         journals = dict.fromkeys([*journals_under(args.work_dir), *args.journal])
         report = reap(settings, hypervisor, Leases(hypervisor), orphan_min_age_s=args.min_age,
-                      journals=journals, dry_run=args.dry_run)
+                      journals=journals, dry_run=args.dry_run,
+                      ports=NftFirewall() if settings.network.enforced else None)
     finally:
         hypervisor.close()
     if args.json:

@@ -1,0 +1,270 @@
+"""The host's firewall for the guests' bridge: the only module that runs ``nft``.
+
+One nftables table of our own, ``table inet vmiso``, installed by host set-up
+(:func:`install`, idempotent) and never touching other traffic: its base chains jump to our
+rules only for packets that come *in* from the guests' bridge (``iifname virbr0``).
+
+    input   (guest -> the host itself)  established/related replies (the host's SSH sessions),
+                                        DHCP (udp 67), DNS (udp/tcp 53 on the bridge address),
+                                        ``guest_ip . port`` in the set ``agent_ports`` (wrap
+                                        mode, one element per guest while it lives); all else
+                                        dropped, IPv6 included.
+    forward (guest -> anywhere else)    back out of the bridge (guest -> host -> guest): dropped;
+                                        169.254.0.0/16 (metadata endpoints): dropped;
+                                        then the egress policy: nat (accept IPv4), none (drop),
+                                        allow-list (accept the configured networks, drop the rest).
+
+libvirt's own rules live in the ``ip filter``/``ip nat`` tables (iptables-nft) and are rebuilt
+by libvirt on its restart and on a network restart; they never touch this table, so it survives
+both. Rules in two tables on the same hook both apply: a drop here is final whatever libvirt's
+chains accept. Re-installing replaces the rules in one ``nft -f`` transaction and keeps the
+elements of ``agent_ports`` (live guests keep their opened port).
+
+Every value written into a rule is validated first (interface name, addresses, CIDRs, ports):
+nothing from a task ever reaches this module except the guest's leased IP, which is parsed as
+an IPv4 address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import FirewallError
+
+log = logging.getLogger(__name__)
+
+TABLE = "vmiso"
+FAMILY = "inet"
+AGENT_PORTS = "agent_ports"
+METADATA_NET = "169.254.0.0/16"
+CHAINS = ("input", "forward", "guest_input", "guest_forward")
+NFT_TIMEOUT_S = 10.0
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+
+
+@dataclass(frozen=True)
+class FirewallPolicy:
+    """What host set-up installs for one guests' bridge (values validated by :func:`ruleset`)."""
+
+    bridge: str
+    """The guests' bridge (virbr0 for libvirt's ``default`` network)."""
+    address: str
+    """The host's IPv4 address on it (DNS is answered there)."""
+    egress: str = "nat"
+    allow: tuple[str, ...] = ()
+
+
+def ruleset(policy: FirewallPolicy) -> str:
+    """The ``nft -f`` script that (re)installs the table for ``policy``; ValueError if a value
+    is not what it should be."""
+    bridge = _ifname(policy.bridge)
+    address = str(ipaddress.IPv4Address(policy.address))
+    table = f"{FAMILY} {TABLE}"
+    lines = [
+        f"add table {table}",
+        f"add set {table} {AGENT_PORTS} {{ type ipv4_addr . inet_service; }}",
+        # Priority -10: before libvirt's iptables-nft chains (0); order only matters for counters.
+        f"add chain {table} input {{ type filter hook input priority -10; policy accept; }}",
+        f"add chain {table} forward {{ type filter hook forward priority -10; policy accept; }}",
+        f"add chain {table} guest_input",
+        f"add chain {table} guest_forward",
+        *(f"flush chain {table} {chain}" for chain in CHAINS),
+        f'add rule {table} input iifname "{bridge}" jump guest_input',
+        f'add rule {table} forward iifname "{bridge}" jump guest_forward',
+        # Replies to what the host opened (its SSH sessions into guests, DHCP/DNS answers).
+        f"add rule {table} guest_input ct state established,related accept",
+        f"add rule {table} guest_input meta nfproto ipv4 udp dport 67 accept",
+        f"add rule {table} guest_input ip daddr {address} udp dport 53 accept",
+        f"add rule {table} guest_input ip daddr {address} tcp dport 53 accept",
+        f"add rule {table} guest_input ip daddr {address} ip saddr . tcp dport @{AGENT_PORTS} accept",
+        f"add rule {table} guest_input counter drop",
+        f'add rule {table} guest_forward oifname "{bridge}" counter drop',
+        f"add rule {table} guest_forward ip daddr {METADATA_NET} counter drop",
+        *_egress_rules(table, policy),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _egress_rules(table: str, policy: FirewallPolicy) -> list[str]:
+    if policy.egress == "nat":
+        return [f"add rule {table} guest_forward meta nfproto ipv4 accept",
+                f"add rule {table} guest_forward counter drop"]
+    if policy.egress == "none":
+        return [f"add rule {table} guest_forward counter drop"]
+    if policy.egress == "allow-list":
+        nets = [str(ipaddress.IPv4Network(cidr)) for cidr in policy.allow]
+        rules = [f"add rule {table} guest_forward ip daddr {{ {', '.join(nets)} }} accept"] if nets else []
+        return [*rules, f"add rule {table} guest_forward counter drop"]
+    raise ValueError(f"unknown egress policy {policy.egress!r}")
+
+
+def _ifname(name: str) -> str:
+    if not _IFNAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not an interface name")
+    return name
+
+
+STATUS_FILE = Path("/run/vm-isolation/firewall.json")
+"""Written by :func:`install` (root-only directory, file readable by all): what an executor that
+is not root (the agent's --switch_user) reads instead of listing nftables, which needs root."""
+
+
+def install(policy: FirewallPolicy, status_file: Path = STATUS_FILE) -> None:
+    """Install or update the table for ``policy`` (one transaction); FirewallError if refused."""
+    _nft(["-f", "-"], stdin=ruleset(policy))
+    with contextlib.suppress(OSError):
+        status_file.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        tmp = status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"table": f"{FAMILY} {TABLE}", "bridge": policy.bridge,
+                                   "installed_at": round(time.time(), 3)}) + "\n")
+        tmp.chmod(0o644)
+        tmp.replace(status_file)
+    log.info("nftables table %s %s: guests on %s may reach the host only for DHCP and DNS on %s; "
+             "egress %s%s", FAMILY, TABLE, policy.bridge, policy.address, policy.egress,
+             f" ({', '.join(policy.allow)})" if policy.allow else "")
+
+
+def remove() -> None:
+    """Delete the table (the operator's undo; nothing in the project calls it)."""
+    if installed_chains() is not None:
+        _nft(["delete", "table", FAMILY, TABLE])
+
+
+def problems(bridge: str, status_file: Path = STATUS_FILE) -> list[str]:
+    """Why the host does not enforce the guests' network policy on ``bridge`` ([] if it does).
+    Not being root, it can only read what host set-up recorded in ``status_file``."""
+    if os.geteuid() != 0:
+        try:
+            recorded = json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            recorded = {}
+        if isinstance(recorded, dict) and recorded.get("bridge") == bridge:
+            return []
+        return [f"host set-up recorded no nftables table {FAMILY} {TABLE} for {bridge} in {status_file} "
+                "(an executor that is not root cannot list nftables itself)"]
+    if shutil.which("nft") is None:
+        return ["the nft command (package nftables) is not installed"]
+    try:
+        chains = installed_chains()
+    except FirewallError as exc:
+        return [str(exc)]
+    if chains is None:
+        return [f"the nftables table {FAMILY} {TABLE} is not installed"]
+    missing = [c for c in CHAINS if c not in chains]
+    if missing:
+        return [f"the nftables table {FAMILY} {TABLE} lacks the chain(s) {', '.join(missing)}"]
+    if bridge not in chains["input"] or bridge not in chains["forward"]:
+        return [f"the nftables table {FAMILY} {TABLE} does not filter the bridge {bridge}"]
+    return []
+
+
+def installed_chains() -> Optional[dict[str, str]]:
+    """Chain name -> the interface names its rules match, or None if the table is absent."""
+    result = _nft(["-j", "list", "table", FAMILY, TABLE], missing_ok=True)
+    if result is None:
+        return None
+    chains: dict[str, str] = {}
+    for item in _items(result):
+        if "chain" in item:
+            chains.setdefault(item["chain"]["name"], "")
+        elif "rule" in item:
+            rule = item["rule"]
+            chains[rule["chain"]] = chains.get(rule["chain"], "") + " " + " ".join(_ifnames(rule.get("expr", [])))
+    return chains
+
+
+def _ifnames(exprs: list[Any]) -> list[str]:
+    names = []
+    for expr in exprs:
+        match = expr.get("match", {}) if isinstance(expr, dict) else {}
+        if match.get("left", {}).get("meta", {}).get("key") in ("iifname", "oifname"):
+            names.append(str(match.get("right")))
+    return names
+
+
+# --- the per-guest opened port (wrap mode) ---------------------------------------------------
+
+def _element(ip: str, port: int) -> str:
+    address = ipaddress.IPv4Address(ip)
+    if not 0 < port < 65536:
+        raise ValueError(f"{port} is not a TCP port")
+    return f"{{ {address} . {port} }}"
+
+
+def open_port(ip: str, port: int) -> None:
+    """Let the guest at ``ip`` connect to the host's bridge address on TCP ``port``."""
+    _nft(["add", "element", FAMILY, TABLE, AGENT_PORTS, _element(ip, port)])
+
+
+def close_port(ip: str, port: int) -> None:
+    """Take the opening back; absent already (or no table) is fine."""
+    if (ip, port) in opened_ports():
+        _nft(["delete", "element", FAMILY, TABLE, AGENT_PORTS, _element(ip, port)])
+
+
+def opened_ports() -> set[tuple[str, int]]:
+    """The ``(guest ip, port)`` openings now in the table (empty if it is absent)."""
+    result = _nft(["-j", "list", "set", FAMILY, TABLE, AGENT_PORTS], missing_ok=True)
+    found: set[tuple[str, int]] = set()
+    for item in _items(result or ""):
+        for elem in item.get("set", {}).get("elem", []):
+            concat = elem.get("concat") if isinstance(elem, dict) else None
+            if isinstance(concat, list) and len(concat) == 2:
+                found.add((str(concat[0]), int(concat[1])))
+    return found
+
+
+class NftFirewall:
+    """The host firewall as :class:`guest.GuestFirewall` and the reaper's port table."""
+
+    def problems(self, bridge: str) -> list[str]:
+        return problems(bridge)
+
+    def open_port(self, ip: str, port: int) -> None:
+        open_port(ip, port)
+
+    def close_port(self, ip: str, port: int) -> None:
+        close_port(ip, port)
+
+    def opened_ports(self) -> set[tuple[str, int]]:
+        return opened_ports()
+
+
+# --- running nft -------------------------------------------------------------------------------
+
+def _items(output: str) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(output)
+    except json.JSONDecodeError:
+        return []
+    items = data.get("nftables", []) if isinstance(data, dict) else []
+    return [item for item in items if isinstance(item, dict)]
+
+
+def _nft(args: list[str], *, stdin: Optional[str] = None, missing_ok: bool = False) -> Optional[str]:
+    """Run ``nft args``; its stdout, None if ``missing_ok`` and the table/set does not exist."""
+    command = ["nft", *args]
+    try:
+        done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=NFT_TIMEOUT_S,
+                              check=False)
+    except FileNotFoundError:
+        raise FirewallError("the nft command (package nftables) is not installed: run scripts/host-setup.sh") from None
+    except subprocess.TimeoutExpired:
+        raise FirewallError(f"`{' '.join(command)}` did not finish within {NFT_TIMEOUT_S:g} s") from None
+    if done.returncode == 0:
+        return done.stdout
+    error = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+    if missing_ok and "No such file or directory" in done.stderr:
+        return None
+    raise FirewallError(f"`{' '.join(command[:4])}` failed: {error[0]} (nft needs root / CAP_NET_ADMIN)")
