@@ -69,6 +69,8 @@ bench: setup
 
 # Soak (not in CI, ~10-20 min): many launches with random KILLs, executor SIGKILLs and a libvirtd
 # restart, then the reaper; prints status and leftover counts. SOAK_ARGS='--launches 20' etc.
+# SOAK_ARGS='--mesos ../shared/mesos' soaks through a real master and agent instead (agent
+# restarts, executor SIGKILLs; the reaper watcher alone cleans up): bench/soak_mesos.py.
 .PHONY: soak
 SOAK_ARGS ?=
 soak: setup

@@ -2,6 +2,7 @@
 restart, then the reaper; prints the count of each terminal status and of everything left.
 
     venv/bin/python -m bench.soak [--launches 100] [--parallel 4] [--seed N]
+    venv/bin/python -m bench.soak --mesos MESOS_HOME [...]    through a real master and agent
 
 Targets: 0 leftovers (domains, overlays, keys, leases), 0 tasks without a terminal status.
 Each task gets its own executor; each is, at random, left to finish (70 %), killed once
@@ -95,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--launches", type=int, default=100)
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--seed", type=int, default=int(time.time()))
+    p.add_argument("--mesos", type=Path, metavar="MESOS_HOME",
+                   help="soak through a real Mesos master and agent from this build (bench/soak_mesos.py)")
+    p.add_argument("--agent-restarts", type=int, default=3, help="--mesos: agent restarts under running tasks")
     args = p.parse_args(argv)
+    if args.mesos is not None:
+        from .soak_mesos import main as soak_mesos
+
+        return soak_mesos(args.mesos, args.launches, args.parallel, args.agent_restarts, args.seed)
     rng = random.Random(args.seed)
     settings = load_settings()
     hv = LibvirtHypervisor(settings.libvirt.uri)
