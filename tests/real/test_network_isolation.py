@@ -16,9 +16,11 @@ import pytest
 from tests.real.conftest import Leftovers
 from vm_isolation import hostfirewall
 from vm_isolation.config import Settings
+from vm_isolation.errors import VmIsolationError
 from vm_isolation.guest import Guest, GuestLauncher, GuestRequest
 from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.ids import domain_name_for
+from vm_isolation.waiting import Deadline, poll_until
 
 PY_SERVE = ("python3 -c 'import socket,threading\n"
             "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);u.bind((\"0.0.0.0\",7001))\n"
@@ -148,7 +150,14 @@ def test_a_guest_that_takes_another_ip_or_mac_gets_nothing_through_and_disturbs_
         run(b, f"( sleep 1; {spoof}; sleep 1; nslookup {a.name} {bridge_ip} >/tmp/dns.out 2>&1; "
                f"echo dns=$? >>/tmp/spoof.log; ping -c 1 -W 2 {bridge_ip} >/dev/null; "
                f"echo ping=$? >>/tmp/spoof.log ) >/dev/null 2>&1 &", timeout_s=10)
-    import time
-    time.sleep(12)
+
+    def b_has_lost_its_address() -> bool | None:
+        try:
+            run(b, "true", timeout_s=2)
+        except VmIsolationError:
+            return True  # its session no longer answers: the spoof happened
+        return None
+
+    poll_until(b_has_lost_its_address, Deadline.after(30), interval_s=0.2, what="guest B to take A's address")
     assert tcp_reaches(a, bridge_ip, 53) and run(a, f"nslookup {a.name} {bridge_ip}")[0] == 0
     assert run(a, "nc -w 3 127.0.0.1 7000 </dev/null")[1] == "hello"
