@@ -56,6 +56,8 @@ class Launch:
     guest_gone_s: Optional[float] = None
     final: str = ""
     reasons: list[str] = field(default_factory=list)
+    detail: str = ""
+    """For an end the action did not ask for: source, reason and message of the terminal status."""
 
 
 def _executor_pid(agent: Agent, executor_id: str) -> Optional[int]:
@@ -130,6 +132,7 @@ def run(home: Path, launches: int, parallel: int, agent_restarts: int, seed: int
         "sigkill_guest_never_gone": sum(1 for i in plan if i.killed_at is not None and i.guest_gone_s is None),
         "leftovers": leftovers, "killed_stray_executors": cluster.killed_executors,
         "without_terminal_status": sum(1 for i in plan if not i.final),
+        "unexpected_ends": [i.detail for i in plan if i.detail],
     }
 
 
@@ -137,7 +140,11 @@ def _step(item: Launch, agent: Agent, fw: Framework, hv: LibvirtHypervisor, rng:
     """Advance one launch; True once it is over (terminal, and a SIGKILLed one's guest gone)."""
     updates = fw.updates(item.task_id)
     item.reasons = [u.reason for u in updates if u.reason]
-    terminal = next((u.state for u in updates if u.state in TERMINAL), "")
+    end = next((u for u in updates if u.state in TERMINAL), None)
+    terminal = end.state if end is not None else ""
+    expected = {"finish": "TASK_FINISHED", "kill": "TASK_KILLED", "sigkill-executor": "TASK_FAILED"}[item.action]
+    if end is not None and end.state != expected:
+        item.detail = f"{item.task_id} ({item.action}): {end.state} {end.source} {end.reason}: {end.message[:200]}"
     running = any(u.state == "TASK_RUNNING" for u in updates)
     if not item.acted and running and not terminal and item.action != "finish":
         item.acted = True
@@ -158,10 +165,15 @@ def _step(item: Launch, agent: Agent, fw: Framework, hv: LibvirtHypervisor, rng:
 
 
 def _restart_under(cluster: MesosCluster, agent: Agent, fw: Framework, live: list[Launch]) -> None:
-    """Restart the agent once at least one task runs (so the restart happens under it)."""
+    """Restart the agent under running tasks, once every task in flight reached its executor
+    (RUNNING or ended): a LAUNCH still on its way when the agent dies is never checkpointed, and
+    Mesos rightly reports it TASK_LOST ("task unknown to the agent"), which says nothing of us."""
+    def settled() -> Optional[bool]:
+        states = [set(fw.states(i.task_id)) for i in live]
+        return True if all(s & ({"TASK_RUNNING"} | TERMINAL) for s in states) else None
+
     with contextlib.suppress(WaitTimeout):
-        poll_until(lambda: True if any("TASK_RUNNING" in fw.states(i.task_id) for i in live) else None,
-                   Deadline.after(120), what="a running task to restart the agent under")
+        poll_until(settled, Deadline.after(120), what="the tasks in flight to reach their executors")
     print(f"soak: restarting the agent under {len(live)} task(s)", flush=True)
     cluster.restart_agent(agent)
 

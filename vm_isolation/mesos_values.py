@@ -190,11 +190,14 @@ def new_status(
 def reconnect_delay_s(attempt: int, backoff_max_s: float, rng: Callable[[], float] = random.random) -> float:
     """How long to wait before re-subscription attempt number ``attempt`` (0-based).
 
-    As Mesos's own executor library (src/executor/executor.cpp ``backoff``): the first
-    attempt after a disconnection is immediate, every later one waits a random time in
-    [0, MESOS_SUBSCRIPTION_BACKOFF_MAX].
+    The first attempt after a disconnection is immediate, every later one waits a random time
+    in [0, MESOS_SUBSCRIPTION_BACKOFF_MAX / 4]. Mesos's own library (src/executor/executor.cpp
+    ``backoff``) waits up to the whole bound, but that bound is also the agent's
+    ``--executor_reregistration_timeout``: a gap as long as the window can miss it, and under
+    load it did (1 re-registration timeout in the 40-launch real-cluster soak, bench/SOAK.md).
+    A quarter keeps the retries spread while several fall inside the window.
     """
-    return 0.0 if attempt == 0 else rng() * backoff_max_s
+    return 0.0 if attempt == 0 else rng() * backoff_max_s / 4
 
 
 # --- bookkeeping ----------------------------------------------------------------------------

@@ -29,6 +29,18 @@ def scalar(name: str, value: float) -> dict[str, Any]:
     return {"name": name, "type": "SCALAR", "scalar": {"value": value}}
 
 
+def _scalar(resources: list[Any], name: str) -> float:
+    return sum(float(r.get("scalar", {}).get("value", 0)) for r in resources if r.get("name") == name)
+
+
+def _needed(tasks: list[dict[str, Any]]) -> dict[str, float]:
+    """cpus and mem of ``tasks`` and of each distinct executor they name."""
+    executors = {t["executor"]["executor_id"]["value"]: t["executor"] for t in tasks if "executor" in t}
+    everything = [r for t in tasks for r in t.get("resources", [])]
+    everything += [r for e in executors.values() for r in e.get("resources", [])]
+    return {name: _scalar(everything, name) for name in ("cpus", "mem")}
+
+
 def command_data(command: dict[str, Any]) -> str:
     """TaskInfo.data for generic mode: base64 of a JSON CommandInfo."""
     return str(encode_data(json.dumps(command).encode()))
@@ -95,19 +107,28 @@ class Framework(Scheduler):  # type: ignore[misc]  # pymesos ships no types
 
     def launch(self, agent_id: str, tasks: list[dict[str, Any]], timeout_s: float = 30.0) -> None:
         """Launch ``tasks`` (TaskInfo JSON without agent_id) on the next offer from ``agent_id``."""
-        offer = poll_until(lambda: self._take_offer(agent_id), Deadline.after(timeout_s),
-                           what=f"an offer from agent {agent_id}")
+        need = _needed(tasks)
+        offer = poll_until(lambda: self._take_offer(agent_id, need), Deadline.after(timeout_s),
+                           what=f"an offer from agent {agent_id} with {need}")
         now = time.monotonic()
         for task in tasks:
             task["agent_id"] = {"value": agent_id}
             self.launched_at[task["task_id"]["value"]] = now
         self.driver.launchTasks([offer["id"]], tasks, filters={"refuse_seconds": 0.5})
 
-    def _take_offer(self, agent_id: str) -> Optional[Any]:
+    def _take_offer(self, agent_id: str, need: dict[str, float]) -> Optional[Any]:
+        """An offer of ``agent_id`` holding ``need``; smaller ones of it are declined, so the
+        master offers their resources again together with what is freed meanwhile."""
+        small = []
         with self._lock:
             for offer_id, offer in list(self._offers.items()):
-                if offer["agent_id"]["value"] == agent_id:
+                if offer["agent_id"]["value"] != agent_id:
+                    continue
+                if all(_scalar(offer.get("resources", []), name) >= amount for name, amount in need.items()):
                     return self._offers.pop(offer_id)
+                small.append(self._offers.pop(offer_id)["id"])
+        if small:
+            self.driver.declineOffer(small, filters={"refuse_seconds": 0.1})
         return None
 
     def kill(self, task_id: str) -> None:
