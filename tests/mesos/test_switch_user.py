@@ -61,7 +61,8 @@ def users() -> None:
     ensure_user(NOT_SET_UP)
     subprocess.run([str(REPO / "scripts" / "host-setup.sh"), "--executor-user", SET_UP], check=True,
                    capture_output=True, timeout=600)
-    reach_the_checkout(SET_UP)
+    for user in (SET_UP, NOT_SET_UP):  # the latter must start, and then find what it lacks
+        reach_the_checkout(user)
     problem = can_run_the_venv(SET_UP)
     assert not problem, (f"user {SET_UP} cannot run {sys.executable} ({problem}): the checkout and its venv "
                          "must be readable by framework users (the Makefile builds the venv on Debian's python3)")
