@@ -24,13 +24,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 from .config import Settings
 from .errors import StorageError
-from .hostfirewall import NftFirewall
 from .ownership import Liveness, liveness
-from .reaper import DEFAULT_ORPHAN_MIN_AGE_S, DomainTable, LeaseBook, ReapReport, reap
+from .reaper import DEFAULT_ORPHAN_MIN_AGE_S, DomainTable, LeaseBook, PortTable, ReapReport, reap
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def watcher_record_at(path: Path) -> dict[str, object]:
 def watch(settings: Settings, hypervisor: DomainTable, leases: LeaseBook, stop: threading.Event, *,
           journals: Callable[[], Iterable[Path]] = lambda: (), interval_s: float = DEFAULT_INTERVAL_S,
           full_every_s: float = DEFAULT_FULL_EVERY_S, orphan_min_age_s: float = DEFAULT_ORPHAN_MIN_AGE_S,
-          monotonic: Callable[[], float] = time.monotonic,
+          ports: Optional[PortTable] = None, monotonic: Callable[[], float] = time.monotonic,
           on_report: Callable[[ReapReport], None] = lambda report: None) -> None:
     """Reap until ``stop`` is set: dead owners' guests every tick, a full pass every ``full_every_s``."""
     next_full = monotonic()
@@ -100,7 +99,7 @@ def watch(settings: Settings, hypervisor: DomainTable, leases: LeaseBook, stop: 
             next_full = started + full_every_s
         report = reap(settings, hypervisor, leases, orphan_files=full, orphan_min_age_s=orphan_min_age_s,
                       journals=journals() if full else (),
-                      ports=NftFirewall() if settings.network.enforced else None)
+                      ports=ports)
         for line in report.removed:
             log.info("removed: %s", line)
         for leftover in report.found:

@@ -8,6 +8,7 @@ from .guest import GuestLauncher
 from .hostfirewall import NftFirewall
 from .hypervisor import LibvirtHypervisor
 from .leases import Leases
+from .reaper import PortTable
 from .remote import SshRemote
 from .sshkeys import generate_client_key
 
@@ -24,3 +25,9 @@ def real_launcher(settings: Settings, hypervisor: LibvirtHypervisor | None = Non
         make_key=generate_client_key,
         firewall=NftFirewall(),
     )
+
+
+def agent_ports(settings: Settings) -> PortTable | None:
+    """The per-guest agent-port openings the reaper closes: the host firewall's when the network
+    isolation is enforced, none otherwise."""
+    return NftFirewall() if settings.network.enforced else None

@@ -33,7 +33,6 @@ from ..errors import VmIsolationError
 from ..executor import Executor
 from ..guest import GuestLauncher
 from ..hostaccess import access_problems, describe
-from ..hostfirewall import NftFirewall
 from ..hostnet import bridge_ipv4
 from ..hypervisor import LibvirtHypervisor
 from ..journal import Journal, earlier_runs, journal_path
@@ -42,7 +41,7 @@ from ..ownership import OwnerFile
 from ..procinfo import own_start_time
 from ..reaper import reap
 from ..reaperwatch import reaper_watch_running
-from ..wiring import real_launcher
+from ..wiring import agent_ports, real_launcher
 from ..wrap import InnerCommand, Wrapper
 from .common import configure_logging
 
@@ -168,7 +167,7 @@ def _reap_earlier_run(settings: Settings, hypervisor: LibvirtHypervisor, env: Me
     try:
         report = reap(settings, hypervisor, Leases(hypervisor), journals=earlier_runs(env.directory),
                       only_executor_id=env.executor_id, only_framework_id=env.framework_id,
-                      ports=NftFirewall() if settings.network.enforced else None)
+                      ports=agent_ports(settings))
     except VmIsolationError as exc:
         log.warning("could not check for leftovers of an earlier run: %s", exc)
         return

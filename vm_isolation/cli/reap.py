@@ -30,12 +30,12 @@ from typing import Optional
 
 from ..config import Settings, load_settings
 from ..errors import VmIsolationError
-from ..hostfirewall import NftFirewall
 from ..hypervisor import LibvirtHypervisor
 from ..journal import journals_under
 from ..leases import Leases
 from ..reaper import DEFAULT_ORPHAN_MIN_AGE_S, ReapReport, reap
 from ..reaperwatch import DEFAULT_FULL_EVERY_S, DEFAULT_INTERVAL_S, WatchLock, watch, watch_lock_path
+from ..wiring import agent_ports
 from .common import configure_logging
 
 log = logging.getLogger("vm-isolation-reap")
@@ -80,8 +80,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         journals = dict.fromkeys([*journals_under(args.work_dir), *args.journal])
         report = reap(settings, hypervisor, Leases(hypervisor), orphan_min_age_s=args.min_age,
-                      journals=journals, dry_run=args.dry_run,
-                      ports=NftFirewall() if settings.network.enforced else None)
+                      journals=journals, dry_run=args.dry_run, ports=agent_ports(settings))
     finally:
         hypervisor.close()
     if args.json:
@@ -108,7 +107,8 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
     try:
         watch(settings, hypervisor, Leases(hypervisor), stop,
               journals=lambda: [*journals_under(args.work_dir), *args.journal],
-              interval_s=args.interval, full_every_s=args.full_every, orphan_min_age_s=args.min_age)
+              interval_s=args.interval, full_every_s=args.full_every, orphan_min_age_s=args.min_age,
+              ports=agent_ports(settings))
     finally:
         hypervisor.close()
         lock.close()
