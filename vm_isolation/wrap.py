@@ -143,8 +143,8 @@ class Wrapper:
         self._err = err
         self._journal = journal
         self._owner = owner or Owner()
-        self._wallclock = wallclock
         """The executor's owner record (its owner file, pid and ids): recorded on the guest."""
+        self._wallclock = wallclock
         self._host_cwd = host_cwd if host_cwd is not None else env.directory
         """Where the agent (or the framework's ``cd``) started us: mapped into the guest sandbox."""
         self._cancel = threading.Event()
