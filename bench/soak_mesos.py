@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tests.mesos.cluster import Agent, MesosCluster, MesosHome
-from tests.mesos.framework import TERMINAL, Framework
-from tests.mesos.test_lifecycle import vm_task
+from tests.mesos.framework import TERMINAL, Framework, vm_task
 from vm_isolation.config import load_settings
 from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.ids import name_prefix
@@ -58,17 +57,6 @@ class Launch:
     reasons: list[str] = field(default_factory=list)
     detail: str = ""
     """For an end the action did not ask for: source, reason and message of the terminal status."""
-
-
-def _executor_pid(agent: Agent, executor_id: str) -> Optional[int]:
-    try:
-        containers = agent.containers()
-    except (OSError, ValueError):
-        return None
-    for c in containers:
-        if c.get("executor_id") == executor_id and c.get("status", {}).get("executor_pid"):
-            return int(c["status"]["executor_pid"])
-    return None
 
 
 def _guests(hv: LibvirtHypervisor, task_id: str) -> list[str]:
@@ -151,7 +139,7 @@ def _step(item: Launch, agent: Agent, fw: Framework, hv: LibvirtHypervisor, rng:
         if item.action == "kill":
             fw.kill(item.task_id)
         else:
-            pid = _executor_pid(agent, f"{item.task_id}-executor")
+            pid = agent.executor_pid(f"{item.task_id}-executor")
             if pid is not None:
                 os.kill(pid, signal.SIGKILL)
                 item.killed_at = time.monotonic()

@@ -141,6 +141,17 @@ class Agent:
         found = http_json(f"{self.url}/containers")
         return list(found) if isinstance(found, list) else []
 
+    def executor_pid(self, executor_id: str) -> Optional[int]:
+        """The host pid of a live executor, as the agent's /containers reports it (None: not there)."""
+        try:
+            containers = self.containers()
+        except (OSError, ValueError):
+            return None
+        for c in containers:
+            if c.get("executor_id") == executor_id and c.get("status", {}).get("executor_pid"):
+                return int(c["status"]["executor_pid"])
+        return None
+
     def executor_directory(self, framework_id: str, executor_id: str) -> str:
         """The sandbox of an executor, live or completed, as the agent's /state reports it."""
         state = self.state()

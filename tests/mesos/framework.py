@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pymesos import MesosSchedulerDriver, Scheduler, encode_data
@@ -41,9 +43,28 @@ def _needed(tasks: list[dict[str, Any]]) -> dict[str, float]:
     return {name: _scalar(everything, name) for name in ("cpus", "mem")}
 
 
+EXECUTOR = Path(sys.executable).parent / "vm-isolation-executor"
+
+
 def command_data(command: dict[str, Any]) -> str:
     """TaskInfo.data for generic mode: base64 of a JSON CommandInfo."""
     return str(encode_data(json.dumps(command).encode()))
+
+
+def vm_task(task_id: str, command: str, *, executor_id: Optional[str] = None, grace_s: Optional[float] = None,
+            env: Optional[dict[str, str]] = None, cpus: float = 0.5, **extra: Any) -> dict[str, Any]:
+    """A generic-mode TaskInfo in the shape a real master accepts: ``executor`` (this venv's
+    vm-isolation-executor) + ``data`` (the CommandInfo), no ``command``; ``env`` goes to the
+    executor's environment, ``extra`` into the TaskInfo (health_check, ...)."""
+    executor: dict[str, Any] = {
+        "executor_id": {"value": executor_id or f"{task_id}-executor"}, "type": "CUSTOM", "name": "vm-isolation",
+        "command": {"value": str(EXECUTOR), "shell": False, "arguments": ["vm-isolation-executor"],
+                    "environment": {"variables": [{"name": k, "value": v} for k, v in (env or {}).items()]}},
+        "resources": [scalar("cpus", 0.1), scalar("mem", 32)]}
+    if grace_s is not None:
+        executor["shutdown_grace_period"] = {"nanoseconds": int(grace_s * 1e9)}
+    return {"name": task_id, "task_id": {"value": task_id}, "resources": [scalar("cpus", cpus), scalar("mem", 128)],
+            "executor": executor, "data": command_data({"value": command, "shell": True}), **extra}
 
 
 @dataclass(frozen=True)

@@ -9,32 +9,18 @@ key or lease of its tasks left.
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from tests.mesos.cluster import Agent, MesosCluster
 from tests.mesos.conftest import no_containers_left, record_timing
-from tests.mesos.framework import Framework, command_data, run_mesos_execute, scalar
+from tests.mesos.framework import Framework, run_mesos_execute, vm_task
 from tests.real.conftest import Leftovers
 from vm_isolation.ids import name_prefix
 from vm_isolation.tasks import task_dir_name
 
 BOOT_S = 180.0
-EXECUTOR = Path(sys.executable).parent / "vm-isolation-executor"
-
-
-def vm_task(task_id: str, command: str, *, cpus: float = 0.5) -> dict[str, Any]:
-    """A TaskInfo in the shape a real master accepts: ``executor`` + ``data``, no ``command``."""
-    return {
-        "name": task_id, "task_id": {"value": task_id},
-        "resources": [scalar("cpus", cpus), scalar("mem", 128)],
-        "executor": {"executor_id": {"value": f"{task_id}-executor"}, "type": "CUSTOM", "name": "vm-isolation",
-                     "command": {"value": str(EXECUTOR), "shell": False, "arguments": ["vm-isolation-executor"]},
-                     "resources": [scalar("cpus", 0.1), scalar("mem", 32)]},
-        "data": command_data({"value": command, "shell": True}),
-    }
 
 
 def test_a_task_finishes_and_its_output_is_readable_through_the_agent(

@@ -18,13 +18,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 import pytest
 
 from tests.mesos.cluster import Agent, MesosCluster
 from tests.mesos.conftest import no_containers_left
-from tests.mesos.framework import Framework, command_data, scalar
+from tests.mesos.framework import EXECUTOR, Framework, scalar, vm_task
 from tests.real.conftest import Leftovers
 from vm_isolation.config import Settings
 from vm_isolation.hypervisor import LibvirtHypervisor
@@ -36,24 +36,9 @@ from vm_isolation.waiting import Deadline, poll_until
 BOOT_S = 180.0
 GONE_S = 20.0
 """Deadline for a dead executor's guest to be gone (the watcher checks every 0.5 s)."""
-EXECUTOR = Path(sys.executable).parent / "vm-isolation-executor"
 STUBBORN = "trap '' TERM; sleep 600"
 REUSE_ROUNDS = int(os.environ.get("VMISO_REUSE_ROUNDS", "30"))
 AGENT_RESTARTS = int(os.environ.get("VMISO_AGENT_RESTARTS", "10"))
-
-
-def vm_task(task_id: str, command: str, *, executor_id: Optional[str] = None, grace_s: Optional[float] = None,
-            env: Optional[dict[str, str]] = None, **extra: Any) -> dict[str, Any]:
-    """A generic-mode TaskInfo (executor + data); ``env`` goes to the executor's environment."""
-    executor: dict[str, Any] = {
-        "executor_id": {"value": executor_id or f"{task_id}-executor"}, "type": "CUSTOM", "name": "vm-isolation",
-        "command": {"value": str(EXECUTOR), "shell": False, "arguments": ["vm-isolation-executor"],
-                    "environment": {"variables": [{"name": k, "value": v} for k, v in (env or {}).items()]}},
-        "resources": [scalar("cpus", 0.1), scalar("mem", 32)]}
-    if grace_s is not None:
-        executor["shutdown_grace_period"] = {"nanoseconds": int(grace_s * 1e9)}
-    return {"name": task_id, "task_id": {"value": task_id}, "resources": [scalar("cpus", 0.5), scalar("mem", 128)],
-            "executor": executor, "data": command_data({"value": command, "shell": True}), **extra}
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +64,8 @@ def wait_gone(hv: LibvirtHypervisor, task_id: str, since: float, what: str) -> N
 
 
 def executor_pid(agent: Agent, executor_id: str) -> int:
-    def find() -> Optional[int]:
-        for c in agent.containers():
-            if c.get("executor_id") == executor_id and c.get("status", {}).get("executor_pid"):
-                return int(c["status"]["executor_pid"])
-        return None
-    return poll_until(find, Deadline.after(30), what=f"the pid of executor {executor_id}")
+    return poll_until(lambda: agent.executor_pid(executor_id), Deadline.after(30),
+                      what=f"the pid of executor {executor_id}")
 
 
 @pytest.mark.parametrize("when", ["booting", "running"])

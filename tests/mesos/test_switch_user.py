@@ -20,8 +20,8 @@ import pytest
 
 from tests.mesos.cluster import Agent, MesosCluster, MesosHome
 from tests.mesos.conftest import no_containers_left
-from tests.mesos.framework import Framework
-from tests.mesos.test_lifecycle import BOOT_S, executor_pid, vm_task
+from tests.mesos.framework import Framework, vm_task
+from tests.mesos.test_lifecycle import BOOT_S, executor_pid
 from tests.real.conftest import Leftovers
 from vm_isolation.ids import name_prefix
 
