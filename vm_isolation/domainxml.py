@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +38,10 @@ class Owner:
     """Unix time the domain was defined."""
     owner_file: str = ""
     """The owning executor's lock file (:mod:`ownership`): alive while it is locked."""
+
+    def for_task(self, task_id: str, container_id: str = "") -> Owner:
+        """This owner's record for one of its tasks' guests (its container id, if given, wins)."""
+        return replace(self, task_id=task_id, container_id=container_id or self.container_id)
 
 
 @dataclass(frozen=True)

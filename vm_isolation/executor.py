@@ -27,9 +27,10 @@ from .errors import InvalidTask
 from .guest import GuestLauncher
 from .journal import NO_JOURNAL, ResourceJournal
 from .mesos_values import Subscribed
+from .session import DESTROY_AFTER_SIGKILL_S
 from .statuses import Reason, TaskState
 from .tasks import parse_task, task_id_of
-from .taskworker import DESTROY_AFTER_SIGKILL_S, StatusSink, TaskWorker, WorkerContext
+from .taskworker import StatusSink, TaskWorker, WorkerContext
 
 log = logging.getLogger(__name__)
 

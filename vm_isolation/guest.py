@@ -241,6 +241,15 @@ class GuestLauncher:
         with ExitStack() as undo:
             yield boot.run(undo)
 
+    def domain_state(self, name: str) -> Optional[str]:
+        """The state of a guest's domain ("running", ...; None once it is gone)."""
+        return self.hypervisor.state(name)
+
+    def power_off(self, name: str) -> None:
+        """Pull the plug on a guest, from any thread: a boot or session in progress ends at its
+        next step, and the :meth:`boot` block that owns the guest still removes everything."""
+        self.hypervisor.destroy(name)
+
 
 class _Boot:
     """The state of one boot; one short method per phase."""

@@ -25,6 +25,12 @@ STARTED_MARKER = "VMISO-STARTED"
 GUEST_RUN_DIR = "/run/vmiso"
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """PATH for commands in the guest when nothing else sets it (the Mesos agent's default PATH)."""
+GUEST_HOME = "/root"
+
+
+def guest_base_environment(home: str = GUEST_HOME) -> dict[str, str]:
+    """The variables every command in a guest starts from (the one place PATH and HOME are set)."""
+    return {"PATH": GUEST_PATH, "HOME": home}
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ that maps an outcome or an error to the status a framework sees."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Optional
+import signal
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
 
 from .errors import (
     GuestError,
@@ -57,6 +58,66 @@ class Outcome:
     state: TaskState
     reason: Optional[Reason]
     message: str
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How the task's process ended, from the launcher's exit status."""
+
+    code: int
+
+    @property
+    def signal(self) -> Optional[int]:
+        """The signal that ended the task, when the shell's 128+N convention says so."""
+        if 128 < self.code < 128 + 65:
+            return self.code - 128
+        return None
+
+    def describe(self) -> str:
+        sig = self.signal
+        if sig is not None:
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            return f"exit status {self.code} (terminated by {name})"
+        return f"exit status {self.code}"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What happened to one task's guest session, frozen once the session is over."""
+
+    exit: Optional[ExitStatus] = None
+    """The command's exit status; None when it never ended on its own (boot failed, guest lost)."""
+    error: Optional[BaseException] = None
+    """Why the session ended early, when it did."""
+    started: bool = False
+    """The task's process existed in the guest (its start marker was seen)."""
+    kill_reason: Optional[str] = None
+    """Why it was killed, when it was (KILL, SHUTDOWN, a failed health check, a budget)."""
+    guest_lost: str = ""
+    """How the guest went away under a running command, when it did."""
+    console_tail: str = ""
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+def task_outcome(result: RunResult) -> Outcome:
+    """The terminal status of a task from how its session ended: the one place the combination
+    of exit, kill, lost guest and error becomes a status."""
+    if result.exit is not None and result.error is None:
+        if result.kill_reason is not None:
+            return Outcome(TaskState.KILLED, None, f"{result.kill_reason}; task ended with {result.exit.describe()}")
+        if result.exit.code == 0:
+            return Outcome(TaskState.FINISHED, None, "command exited with status 0")
+        return Outcome(TaskState.FAILED, Reason.COMMAND_FAILED, f"command exited with {result.exit.describe()}")
+    if result.guest_lost and result.kill_reason is None:
+        tail = f"\n--- last lines of the guest console ---\n{result.console_tail}" if result.console_tail else ""
+        return Outcome(TaskState.FAILED, Reason.COMMAND_FAILED, result.guest_lost + tail)
+    if result.kill_reason is not None:
+        return Outcome(TaskState.KILLED, None if result.started else Reason.KILLED_DURING_LAUNCH, result.kill_reason)
+    return outcome_for_error(result.error if result.error is not None else VmIsolationError("the session ended "
+                                                                                             "without a result"))
 
 
 def outcome_for_error(exc: BaseException) -> Outcome:

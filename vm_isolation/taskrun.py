@@ -8,42 +8,17 @@ so "running" is only ever said once the task's process really exists in the gues
 from __future__ import annotations
 
 import logging
-import signal
 import threading
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .errors import VmIsolationError
 from .guest import Guest
 from .launcher import LaunchSpec, parse_started, render_launcher
+from .statuses import ExitStatus
 
 log = logging.getLogger(__name__)
 Sink = Callable[[bytes], None]
 GUEST_WATCH_INTERVAL_S = 1.0
-
-
-@dataclass(frozen=True)
-class ExitStatus:
-    """How the task's process ended, from the launcher's exit status."""
-
-    code: int
-
-    @property
-    def signal(self) -> Optional[int]:
-        """The signal that ended the task, when the shell's 128+N convention says so."""
-        if 128 < self.code < 128 + 65:
-            return self.code - 128
-        return None
-
-    def describe(self) -> str:
-        sig = self.signal
-        if sig is not None:
-            try:
-                name = signal.Signals(sig).name
-            except ValueError:
-                name = f"signal {sig}"
-            return f"exit status {self.code} (terminated by {name})"
-        return f"exit status {self.code}"
 
 
 class _MarkerSplitter:

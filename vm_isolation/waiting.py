@@ -6,6 +6,7 @@ Time is a parameter: every wait takes a :class:`Clock`, so unit tests pass a
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, TypeVar
@@ -18,6 +19,10 @@ class Clock(Protocol):
 
     def sleep(self, seconds: float) -> None: ...
 
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Wait up to ``seconds`` for ``event``; True if it is set (as ``Event.wait``)."""
+        ...
+
 
 class SystemClock:
     """Real time."""
@@ -27,6 +32,9 @@ class SystemClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        return event.wait(seconds)
 
 
 SYSTEM_CLOCK = SystemClock()
@@ -45,6 +53,13 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Set already: True at once; otherwise the whole wait passes (in fake time)."""
+        if event.is_set():
+            return True
+        self.sleep(seconds)
+        return event.is_set()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import socket
 import threading
 import time
@@ -30,12 +29,13 @@ from . import sandbox
 from .config import MesosEnvironment, Settings
 from .domainxml import Owner
 from .errors import HostError, VmIsolationError
-from .guest import Cancelled, Guest, GuestLauncher, GuestRequest
+from .guest import Guest, GuestLauncher, GuestRequest
 from .ids import domain_name_for
 from .journal import NO_JOURNAL, ResourceJournal
-from .launcher import GUEST_PATH, LaunchSpec
+from .launcher import LaunchSpec, guest_base_environment
 from .procinfo import birth_time, process_start_wallclock
-from .taskrun import run_launcher, signal_task, watch_guest
+from .session import SessionIO, TaskSession
+from .statuses import ExitStatus, RunResult
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def guest_environment(env: MesosEnvironment, *, agent_endpoint: str, guest_ip: s
         LIBPROCESS_IP=guest_ip,
         LIBPROCESS_ADVERTISE_IP=guest_ip,
     )
-    variables.update(PATH=GUEST_PATH, HOME="/root")
+    variables.update(guest_base_environment())
     return variables
 
 
@@ -127,7 +127,8 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
 
 
 class Wrapper:
-    """Runs one inner executor in one guest; :meth:`run` returns the process exit status."""
+    """Runs one inner executor in one guest (the :class:`TaskSession`'s mode); :meth:`run`
+    maps the session's result to the process exit status."""
 
     def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher, command: InnerCommand,
                  *, bridge_address: Callable[[], str], out: Callable[[bytes], None],
@@ -139,7 +140,6 @@ class Wrapper:
         self.launcher = launcher
         self.command = command
         self._bridge_address = bridge_address
-        self._out = out
         self._err = err
         self._journal = journal
         self._owner = owner or Owner()
@@ -147,16 +147,16 @@ class Wrapper:
         self._wallclock = wallclock
         self._host_cwd = host_cwd if host_cwd is not None else env.directory
         """Where the agent (or the framework's ``cd``) started us: mapped into the guest sandbox."""
-        self._cancel = threading.Event()
-        self._run_ended = threading.Event()
-        self._guest: Optional[Guest] = None
-        self._pgid: Optional[int] = None
-        self._lost = ""
+        self.session = TaskSession(launcher, self._request(), self,
+                                   SessionIO(out=out, err=err, progress=self._progress),
+                                   upload_from=env.directory, guest_sandbox=settings.executor.guest_sandbox)
+        self._endpoint = ""
+        self._budget: Optional[threading.Timer] = None
+        self._budget_s = 0.0
         self._terminating = False
         self._over_budget = False
 
     def run(self) -> int:
-        request = self._request()
         spent = self._registration_window_spent_s()
         remaining = self.settings.executor.wrap_boot_budget_s - spent
         if remaining <= 0:
@@ -164,23 +164,31 @@ class Wrapper:
             return EXIT_WRAPPER_FAILED
         log.info("%.1f s of the registration window already spent (fetch, start-up): %.1f s left for boot, "
                  "SSH and the sandbox upload ([executor] wrap_boot_budget_s)", spent, remaining)
-        budget = threading.Timer(remaining, self._budget_expired)
-        budget.daemon = True
-        budget.start()
+        self._budget_s = spent + remaining
+        self._budget = threading.Timer(remaining, self._budget_expired)
+        self._budget.daemon = True
+        self._budget.start()
         try:
-            with self.launcher.boot(request, cancel=self._cancel, progress=self._progress) as guest:
-                self._guest = guest
-                return self._run_inner(guest, budget)
-        except (Cancelled, VmIsolationError) as exc:
-            if self._over_budget:
-                self._say_over_budget(spent + remaining)
-            elif self._terminating:
-                log.warning("terminated while the guest booted")
-            else:
-                log.error("%s", exc)
-            return EXIT_WRAPPER_FAILED
+            result = self.session.run()
         finally:
-            budget.cancel()
+            self._budget.cancel()
+        return self._exit_status(result)
+
+    def _exit_status(self, result: RunResult) -> int:
+        """The inner executor's exit status; EXIT_WRAPPER_FAILED, saying why, if it never ended
+        on its own."""
+        if result.exit is not None and result.error is None:
+            log.info("inner executor exited with %s", result.exit.describe())
+            return result.exit.code
+        if self._over_budget:
+            self._say_over_budget(self._budget_s)
+        elif self._terminating and not result.started:
+            log.warning("terminated while the guest booted")
+        elif result.started:
+            log.error("lost the inner executor: %s", result.guest_lost or result.error)
+        else:
+            log.error("%s", result.error)
+        return EXIT_WRAPPER_FAILED
 
     def _registration_window_spent_s(self) -> float:
         """Seconds since the agent's executor registration timer started: it starts before the
@@ -191,16 +199,9 @@ class Wrapper:
 
     def _budget_expired(self) -> None:
         """Stop whatever is in progress (boot, SSH, upload) unless the inner executor started."""
-        if self._pgid is not None:
-            return
         self._over_budget = True
-        self._cancel.set()
-        guest = self._guest
-        if guest is not None:  # the upload: destroying the guest ends it at once
-            try:
-                self.launcher.hypervisor.destroy(guest.name)
-            except VmIsolationError as exc:
-                log.warning("could not destroy %s to end the upload: %s", guest.name, exc)
+        if not self.session.kill("over the registration budget", 0.0, only_before_start=True):
+            self._over_budget = False
 
     def _say_over_budget(self, seconds: float) -> None:
         log.error("the inner executor could not be started within %.0f s of the agent's executor registration "
@@ -210,45 +211,36 @@ class Wrapper:
                   "sandboxes or slow hosts", seconds)
 
     def terminate(self) -> None:
-        """SIGTERM from the agent: forward it, destroy the guest if the inner executor lingers."""
+        """SIGTERM from the agent: forward it (the session's ladder: SIGKILL, then the guest
+        powered off, all within the agent's shutdown grace period, which ends in our SIGKILL)."""
         self._terminating = True
-        self._cancel.set()
-        threading.Thread(target=self._escalate, daemon=True, name="wrap-terminate").start()
+        budget = max(0.5, self.env.shutdown_grace_period_s - 1.0)
+        self.session.kill("terminated by the agent", budget * 0.75, sigkill_wait_s=budget * 0.25)
 
-    # --- the run -----------------------------------------------------------------------
-    def _run_inner(self, guest: Guest, budget: threading.Timer) -> int:
-        with ExitStack() as undo:
-            endpoint = self._reachable_agent_endpoint(guest, undo)
-            return self._upload_and_run(guest, budget, endpoint)
+    # --- the session's mode hooks ------------------------------------------------------------
+    def prepare(self, guest: Guest, undo: ExitStack) -> None:
+        self._endpoint = self._reachable_agent_endpoint(guest, undo)
 
-    def _upload_and_run(self, guest: Guest, budget: threading.Timer, endpoint: str) -> int:
-        copied = sandbox.upload(guest.remote, self.env.directory, self.settings.executor.guest_sandbox)
-        log.info("uploaded %d sandbox file(s) into %s", copied, guest.name)
-        budget.cancel()
-        if self._over_budget:
-            raise Cancelled("over the registration budget")
-        spec = self._launch_spec(guest, endpoint)
-        watch_guest(self.launcher.hypervisor.state, guest, self._run_ended,
-                    lambda state: self._guest_stopped(guest, state))
-        try:
-            status = run_launcher(guest, spec, on_started=self._started, on_stdout=self._out, on_stderr=self._err)
-        except VmIsolationError as exc:
-            log.error("lost the inner executor: %s", self._lost or exc)
-            return EXIT_WRAPPER_FAILED
-        finally:
-            self._run_ended.set()
-        log.info("inner executor exited with %s", status.describe())
-        if self.settings.executor.wrap_copy_back:
-            try:
-                n = sandbox.copy_back(guest.remote, self.settings.executor.guest_sandbox, self.env.directory)
-                log.info("copied %d file(s) back from the guest sandbox", n)
-            except VmIsolationError as exc:
-                log.warning("could not copy files back from the guest: %s", exc)
-        return status.code
-
-    def _launch_spec(self, guest: Guest, endpoint: str) -> LaunchSpec:
-        return inner_launch_spec(self.env, self.command, guest_ip=guest.ip, agent_endpoint=endpoint,
+    def launch_spec(self, guest: Guest) -> LaunchSpec:
+        return inner_launch_spec(self.env, self.command, guest_ip=guest.ip, agent_endpoint=self._endpoint,
                                  guest_sandbox=self.settings.executor.guest_sandbox, host_cwd=self._host_cwd)
+
+    def started(self, guest: Guest, pgid: int) -> None:
+        if self._budget is not None:
+            self._budget.cancel()
+        log.info("inner executor started in %s (process group %d)", guest.name, pgid)
+
+    def run_ended(self) -> None:
+        """Nothing runs beside the inner executor."""
+
+    def finish(self, guest: Guest, status: ExitStatus) -> None:
+        if not self.settings.executor.wrap_copy_back:
+            return
+        try:
+            n = sandbox.copy_back(guest.remote, self.settings.executor.guest_sandbox, self.env.directory)
+            log.info("copied %d file(s) back from the guest sandbox", n)
+        except VmIsolationError as exc:
+            log.warning("could not copy files back from the guest: %s", exc)
 
     def _reachable_agent_endpoint(self, guest: Guest, undo: ExitStack) -> str:
         """host:port of the agent as the guest can reach it; HostError saying how to fix it.
@@ -297,29 +289,6 @@ class Wrapper:
         firewall.open_port(guest.ip, port)
         log.info("opened the agent's port %d on the host's bridge address for %s (%s) only", port, guest.name,
                  guest.ip)
-
-    def _started(self, pgid: int) -> None:
-        self._pgid = pgid
-        log.info("inner executor started in %s (process group %d)", self._guest.name if self._guest else "?", pgid)
-
-    def _guest_stopped(self, guest: Guest, state: str) -> None:
-        self._lost = f"the guest {guest.name} stopped (state {state})"
-
-    def _escalate(self) -> None:
-        guest, pgid = self._guest, self._pgid
-        if guest is None or pgid is None:
-            return
-        try:
-            signal_task(guest, pgid, signal.SIGTERM)
-        except VmIsolationError as exc:
-            log.warning("could not forward SIGTERM: %s", exc)
-        grace = max(0.5, self.env.shutdown_grace_period_s - 1.0)
-        if not self._run_ended.wait(grace):
-            log.warning("inner executor still running %.1f s after SIGTERM: destroying the guest", grace)
-            try:
-                self.launcher.hypervisor.destroy(guest.name)
-            except VmIsolationError as exc:
-                log.error("could not destroy %s: %s; the reaper watcher removes it once we exit", guest.name, exc)
 
     def _progress(self, phase: str, seconds: float) -> None:
         self._err(f"vm-isolation: {phase} done ({seconds:.2f} s)\n".encode())

@@ -25,7 +25,7 @@ from ..domainxml import Owner
 from ..errors import VmIsolationError
 from ..guest import GuestRequest
 from ..ids import domain_name_for
-from ..launcher import GUEST_PATH, LaunchSpec
+from ..launcher import LaunchSpec, guest_base_environment
 from ..procinfo import own_start_time
 from ..taskrun import run_launcher
 from ..wiring import real_launcher
@@ -65,7 +65,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         executor_start_time=own_start_time()),
         )
         spec = LaunchSpec(
-            workdir=settings.executor.guest_sandbox, env={"PATH": GUEST_PATH, "HOME": "/root"},
+            workdir=settings.executor.guest_sandbox, env=guest_base_environment(),
             shell_command=args.shell, executable=None if args.shell else args.argv[0],
             arguments=args.argv,
         )
