@@ -97,6 +97,27 @@ class _IoThreadCrash:
             logger.error("a pymesos IO thread we do not own died: %r", exc)
 
 
+class _AgentConnection(pymesos_process.Connection):  # type: ignore[misc]
+    """pymesos's connection, for our driver: a 404 to SUBSCRIBE is a close, not a crash.
+
+    NOTE: pymesos raises on any status but 200, 307 and 503, which ends its IO thread (and so,
+    for us, the agent is lost and every guest destroyed). A real agent SIGKILLed and restarted
+    answers 404 until its executor API is routed (seen at restart 10 of 10 in
+    tests/mesos/test_lifecycle.py): like its 503 during recovery, that is a re-subscription
+    with back-off, within MESOS_RECOVERY_TIMEOUT (our on_close).
+    """
+
+    def read(self) -> bool:
+        try:
+            return bool(super().read())
+        except RuntimeError as exc:
+            if isinstance(self._callback, _Driver) and str(exc).startswith("Failed with HTTP 404"):
+                logger.warning("the agent answered 404 to SUBSCRIBE (restarting, its executor API not "
+                               "routed yet): retrying")
+                return False
+            raise
+
+
 _PYMESOS_CHATTER = ("Remote %s closed", "connect to %s error", "Master is not available")
 """pymesos.process messages about routine disconnections: ERROR/WARNING there, DEBUG here."""
 
@@ -131,6 +152,7 @@ def _undo_pymesos_import_side_effects() -> None:
         previous = pymesos_process._prev_handler
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     pymesos_process.thread = _IoThreadCrash
+    pymesos_process.Connection = _AgentConnection
 
 
 _undo_pymesos_import_side_effects()

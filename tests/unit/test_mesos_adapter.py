@@ -256,6 +256,20 @@ def test_while_the_agent_recovers_resubscription_backs_off_within_the_bound(chec
     assert handle.wait(WAIT_S) == 0
 
 
+def test_a_restarting_agent_answering_404_is_retried_not_lost(checkpointing_agent: LocalAgent) -> None:
+    """A real agent just restarted answers SUBSCRIBE 404 until its executor API is routed:
+    pymesos would crash its IO thread (agent lost, guests destroyed); we retry and re-subscribe."""
+    agent = checkpointing_agent
+    handle = launch(agent, "e-404", "t-404")
+    agent.set_accepting(False, how="starting")
+    agent.drop_stream("e-404")
+    wait_for(lambda: at_least(2, subscribes(agent, "e-404", status=404)), "two SUBSCRIBEs answered 404")
+    agent.set_accepting(True)
+    wait_for(lambda: at_least(2, subscribes(agent, "e-404", status=200)), "a SUBSCRIBE once the agent is up")
+    agent.shutdown_executor("e-404")
+    assert handle.wait(WAIT_S) == 0
+
+
 def test_with_checkpointing_the_agent_is_lost_after_the_recovery_timeout(checkpointing_agent: LocalAgent) -> None:
     """An agent that stays away longer than MESOS_RECOVERY_TIMEOUT means on_agent_lost, and the executor exits."""
     agent = checkpointing_agent

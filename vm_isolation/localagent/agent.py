@@ -26,7 +26,7 @@ from .server import AgentServer
 
 log = logging.getLogger(__name__)
 
-Refusal = Literal["refuse", "recovering", "reconnecting"]
+Refusal = Literal["refuse", "starting", "recovering", "reconnecting"]
 _NO_ENV: Mapping[str, str] = MappingProxyType({})
 
 
@@ -242,7 +242,8 @@ class LocalAgent:
         """Stop or resume answering executors. Open streams are left alone (see drop_stream).
 
         ``how``: ``refuse`` closes the listener (connection refused) and cuts idle
-        connections; ``recovering`` answers every request 503 "Agent has not finished
+        connections; ``starting`` answers every request 404, as a just-restarted agent does
+        before its executor API is routed; ``recovering`` answers every request 503 "Agent has not finished
         recovery"; ``reconnecting`` does so only for non-SUBSCRIBE, non-HEARTBEAT calls, like
         an agent waiting for its executors to re-subscribe.
         """
@@ -256,7 +257,8 @@ class LocalAgent:
             self._server.close()
         else:
             with self._core.lock:
-                self._core.phase = Phase.RECOVERING if how == "recovering" else Phase.RECONNECTING
+                self._core.phase = {"starting": Phase.STARTING, "recovering": Phase.RECOVERING}.get(
+                    how, Phase.RECONNECTING)
 
     def pause(self, seconds: float) -> None:
         """Imitate an agent restart: cut every stream and connection, refuse connections for

@@ -34,6 +34,9 @@ class Phase(enum.Enum):
     """Where the agent is in its life, as far as the executor endpoint can tell."""
 
     RUNNING = "running"
+    STARTING = "starting"
+    """Just restarted, its executor API not routed yet: libprocess answers 404 (seen on the
+    real agent, tests/mesos/test_lifecycle.py, right after a SIGKILL and restart)."""
     RECOVERING = "recovering"
     """Before recovery reached its reconnect phase: every request gets 503."""
     RECONNECTING = "reconnecting"
@@ -66,6 +69,8 @@ def check_call(method: str, headers: Mapping[str, str], body: bytes, phase: Phas
 
     ``headers`` must be keyed by lower-case header name.
     """
+    if phase is Phase.STARTING:
+        return Reply(404, "404 Not Found.")
     if phase is Phase.RECOVERING:
         return Reply(503, "Agent has not finished recovery")
     if method != "POST":
