@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import subprocess
+import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Optional, Sequence
 
 import pytest
+
+# --- VMISO_BLOCK_IMPORTS=libvirt: run as on a host without those modules ----------------------
+# (make unit-nolibvirt): proves the core and its unit tests need no libvirt-python.
+
+_BLOCKED = frozenset(name for name in os.environ.get("VMISO_BLOCK_IMPORTS", "").split(",") if name)
+
+
+class _ImportBlocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path: Optional[Sequence[str]], target: Any = None) -> None:
+        if fullname.partition(".")[0] in _BLOCKED:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (VMISO_BLOCK_IMPORTS)", name=fullname)
+        return None
+
+
+if _BLOCKED:
+    sys.meta_path.insert(0, _ImportBlocker())
+    for _name in [m for m in sys.modules if m.partition(".")[0] in _BLOCKED]:
+        del sys.modules[_name]
 
 
 @pytest.fixture

@@ -175,3 +175,21 @@ def _check_xml_safe(spec: DomainSpec) -> None:
     for value in (spec.name, spec.cmdline, spec.network, spec.mac, *policy_values):
         if _XML_INVALID.search(value):
             raise InvalidTask("a domain value contains control characters")
+
+
+# --- reading a domain's XML back (what the reaper and the adapter need of it) ---------------
+
+def interface_macs(xml: str) -> tuple[str, ...]:
+    """The MAC addresses of a domain's interfaces, lower case."""
+    return tuple(el.get("address", "").lower() for el in ET.fromstring(xml).iterfind("devices/interface/mac"))
+
+
+def interface_bridges(xml: str) -> tuple[str, ...]:
+    """The bridges a domain's interfaces are attached to (as a running domain's XML says)."""
+    return tuple(el.get("bridge", "") for el in ET.fromstring(xml).iterfind("devices/interface/source")
+                 if el.get("bridge"))
+
+
+def disk_files(xml: str) -> tuple[str, ...]:
+    """The files behind a domain's disks."""
+    return tuple(el.get("file", "") for el in ET.fromstring(xml).iterfind("devices/disk/source") if el.get("file"))

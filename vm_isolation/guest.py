@@ -24,16 +24,23 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Protocol, TypeVar
+from typing import Callable, Iterator, Optional, TypeVar
 
-from . import overlay
 from .config import Settings
 from .domainxml import DomainSpec, InterfacePolicy, Owner, TrafficFilter
 from .errors import AddressTimeout, FirewallError, GuestDied, GuestError, SshUnavailable, VmIsolationError
-from .hypervisor import NetworkInfo
+from .hosttypes import (
+    AddressBook,
+    ClientKeyLike,
+    Disks,
+    GuestFirewall,
+    Hypervisor,
+    Lease,
+    NetworkInfo,
+    RemoteSession,
+)
 from .ids import DomainName, random_mac
 from .journal import NO_JOURNAL, ResourceJournal
-from .leases import Lease, Leases
 from .waiting import SYSTEM_CLOCK, Clock, Deadline, WaitTimeout, poll_until
 
 log = logging.getLogger(__name__)
@@ -65,60 +72,8 @@ class Cancelled(VmIsolationError):
 
 # --- the boundaries this module is written against -------------------------------------------
 
-class Hypervisor(Protocol):
-    def define(self, spec: DomainSpec) -> None: ...
-    def start(self, name: str) -> None: ...
-    def state(self, name: str) -> Optional[str]: ...
-    def destroy(self, name: str) -> None: ...
-    def undefine(self, name: str) -> None: ...
-    def require_active_network(self, name: str) -> NetworkInfo: ...
-
-
-class GuestFirewall(Protocol):
-    """The host's firewall for the guests' bridge (see hostfirewall.NftFirewall)."""
-
-    def problems(self, bridge: str) -> list[str]: ...
-    def open_port(self, ip: str, port: int) -> None: ...
-    def close_port(self, ip: str, port: int) -> None: ...
-
-
-class Disks(Protocol):
-    def create(self, base: Path, overlay_path: Path) -> Path: ...
-    def remove(self, overlay_path: Path) -> None: ...
-
-
-class ClientKeyLike(Protocol):
-    @property
-    def public_openssh(self) -> str: ...
-
-
-class RemoteSession(Protocol):
-    """What the lifecycle and the task runner need of an SSH session (see remote.SshRemote)."""
-
-    def put(self, data: bytes, remote_path: str, *, mode: int = 0o644) -> None: ...
-    def put_file(self, local: Path, remote_path: str, *, mode: Optional[int] = None) -> None: ...
-    def get(self, remote_path: str) -> bytes: ...
-    def run(self, command: str, *, on_stdout: Optional[Callable[[bytes], None]] = None,
-            on_stderr: Optional[Callable[[bytes], None]] = None, stdin: Optional[bytes] = None,
-            timeout_s: Optional[float] = None) -> int: ...
-    def run_capture(self, command: str, *, timeout_s: Optional[float] = None) -> tuple[int, bytes, bytes]: ...
-    def forward_to_host(self, guest_port: int, target_host: str, target_port: int) -> None: ...
-    def connect_in_guest(self, port: int, timeout_s: float) -> Any: ...
-    def close(self) -> None: ...
-
-
 KeyFactory = Callable[[Path], ClientKeyLike]
 Connector = Callable[..., RemoteSession]
-
-
-class QemuImgDisks:
-    """:class:`Disks` through qemu-img overlays."""
-
-    def create(self, base: Path, overlay_path: Path) -> Path:
-        return overlay.create_overlay(base, overlay_path)
-
-    def remove(self, overlay_path: Path) -> None:
-        overlay.remove_overlay(overlay_path)
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -178,6 +133,19 @@ def ready_on_console(path: Path) -> bool:
     return any(line.strip() == READY_MARKER for line in text.splitlines())
 
 
+def error_on_console(path: Path) -> Optional[str]:
+    """What the guest's init reported with ``VMISO-ERROR <what>`` before powering off, if it did."""
+    try:
+        text = path.read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        marker, _, what = line.strip().partition(" ")
+        if marker == ERROR_MARKER:
+            return what.strip() or "(no detail)"
+    return None
+
+
 def host_key_from_console(path: Path) -> Optional[str]:
     """The first ``VMISO-HOSTKEY <type> <base64>`` the guest's init printed, as "type base64".
 
@@ -207,13 +175,13 @@ class GuestLauncher:
         self,
         settings: Settings,
         hypervisor: Hypervisor,
-        leases: Leases,
+        leases: AddressBook,
         *,
         domain_type: str,
         connect: Connector,
         make_key: KeyFactory,
         firewall: GuestFirewall,
-        disks: Optional[Disks] = None,
+        disks: Disks,
         clock: Clock = SYSTEM_CLOCK,
         wallclock: Callable[[], float] = time.time,
     ) -> None:
@@ -224,7 +192,7 @@ class GuestLauncher:
         self._connect = connect
         self._make_key = make_key
         self.firewall = firewall
-        self._disks = disks or QemuImgDisks()
+        self._disks = disks
         self._clock = clock
         self._wallclock = wallclock
 
@@ -465,8 +433,10 @@ class _Boot:
         self._check_cancel()
         state = self.l.hypervisor.state(self.req.name)
         if state != "running":
+            reported = error_on_console(self.console_log)
             raise GuestDied(
-                f"{self.req.name} stopped while booting (state {state or 'gone'})",
+                f"{self.req.name} stopped while booting (state {state or 'gone'})"
+                + (f": its init reported {reported!r}" if reported else ""),
                 phase=self.phase.value, console_tail=console_tail(self.console_log),
             )
 

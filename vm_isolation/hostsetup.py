@@ -23,15 +23,17 @@ import logging
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from . import hostfirewall
 from .accel import resolve_domain_type
 from .config import Settings, load_settings
 from .errors import FirewallError, NotFound, VmIsolationError
 from .hostservices import ensure_reaper_watch
-from .hypervisor import LibvirtHypervisor
 from .waiting import WaitTimeout
+
+if TYPE_CHECKING:  # the adapter is built by wiring, in main(): tuned_network_xml stays libvirt-free
+    from .hypervisor import LibvirtHypervisor
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="host-setup: %(message)s")
     try:
         settings = load_settings(args.config)
-        hv = LibvirtHypervisor(settings.libvirt.uri)
+        from .wiring import real_hypervisor
+
+        hv = real_hypervisor(settings)
         ensure_network(hv, settings.libvirt.network)
         ensure_firewall(hv, settings)
         log.info("domain type: %s (configured: %s)",

@@ -17,14 +17,16 @@ import logging
 import threading
 import xml.etree.ElementTree as ET
 from contextlib import suppress
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
 import libvirt
 
 from . import domainxml
-from .domainxml import DomainSpec, Owner
+from .domainxml import DomainSpec
 from .errors import GuestDied, LibvirtUnavailable, NetworkUnavailable, NotFound, VmIsolationError
+from .hosttypes import NetworkInfo as NetworkInfo
+from .hosttypes import OwnedDomain as OwnedDomain
+from .hosttypes import RawLease as RawLease
 from .waiting import SYSTEM_CLOCK, Clock, Deadline, WaitTimeout, poll_until
 
 log = logging.getLogger(__name__)
@@ -47,35 +49,6 @@ STATE_NAMES = {
     libvirt.VIR_DOMAIN_CRASHED: "crashed",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
-
-
-@dataclass(frozen=True)
-class NetworkInfo:
-    name: str
-    bridge: str
-    active: bool
-    address: str = ""
-    """The host's IPv4 address on the network (its first ``<ip address=...>``), '' if none."""
-
-
-@dataclass(frozen=True)
-class RawLease:
-    """One DHCP lease as libvirt reports it."""
-
-    mac: str
-    ip: str
-    hostname: str
-    expiry_time: float
-    client_id: str
-
-
-@dataclass(frozen=True)
-class OwnedDomain:
-    name: str
-    state: str
-    owner: Owner
-    macs: tuple[str, ...]
-    disks: tuple[str, ...]
 
 
 class LibvirtHypervisor:
@@ -185,11 +158,6 @@ class LibvirtHypervisor:
         with suppress(NotFound, _NotRunning):
             self._call(f"destroy {name}", lambda c: c.lookupByName(name).destroy())
 
-    def shutdown(self, name: str) -> None:
-        """Ask the guest to power off (ACPI); absent or stopped is fine."""
-        with suppress(NotFound, _NotRunning):
-            self._call(f"shut down {name}", lambda c: c.lookupByName(name).shutdown())
-
     def undefine(self, name: str) -> None:
         """Remove the domain's definition; absent is fine. Destroy first if it runs."""
         with suppress(NotFound):
@@ -198,7 +166,7 @@ class LibvirtHypervisor:
     def domain_macs(self, name: str) -> tuple[str, ...]:
         """MAC addresses of the domain's network interfaces; NotFound if no such domain."""
         xml = self._call(f"read XML of {name}", lambda c: c.lookupByName(name).XMLDesc(0))
-        return _macs(xml)
+        return domainxml.interface_macs(xml)
 
     def owned_domains(self) -> list[OwnedDomain]:
         """Every domain whose metadata says vm-isolation created it."""
@@ -211,8 +179,8 @@ class LibvirtHypervisor:
                 continue  # vanished while we looked
             owner = domainxml.parse_owner(xml)
             if owner is not None:
-                found.append(OwnedDomain(dom.name(), STATE_NAMES.get(code, "?"), owner, _macs(xml),
-                                         _disks(xml)))
+                found.append(OwnedDomain(dom.name(), STATE_NAMES.get(code, "?"), owner, domainxml.interface_macs(xml),
+                                         domainxml.disk_files(xml)))
         return found
 
     # --- networks ------------------------------------------------------------------------
@@ -267,8 +235,7 @@ class LibvirtHypervisor:
                 xml = dom.XMLDesc(0)
             except libvirt.libvirtError:
                 continue
-            if any(el.get("bridge") == bridge
-                   for el in ET.fromstring(xml).iterfind("devices/interface/source")):
+            if bridge in domainxml.interface_bridges(xml):
                 return True
         return False
 
@@ -331,13 +298,3 @@ def _network_address(xml: str) -> str:
         if ip.get("family", "ipv4") == "ipv4" and ip.get("address"):
             return str(ip.get("address"))
     return ""
-
-
-def _macs(xml: str) -> tuple[str, ...]:
-    root = ET.fromstring(xml)
-    return tuple(el.get("address", "").lower() for el in root.iterfind("devices/interface/mac"))
-
-
-def _disks(xml: str) -> tuple[str, ...]:
-    root = ET.fromstring(xml)
-    return tuple(el.get("file", "") for el in root.iterfind("devices/disk/source") if el.get("file"))

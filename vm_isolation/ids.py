@@ -1,4 +1,4 @@
-"""Identifiers: NewTypes for the ids we pass around, and safe names derived from hostile ones.
+"""Identifiers: the domain-name NewType, and safe names derived from hostile ones.
 
 A task id comes from a framework and may hold anything (``../``, quotes, newlines, 10 KB of
 text). Nothing derived from it may reach a path, a shell or an XML document unescaped, so the
@@ -13,7 +13,6 @@ import re
 import secrets
 from typing import NewType
 
-TaskId = NewType("TaskId", str)
 DomainName = NewType("DomainName", str)
 
 DOMAIN_PREFIX = "vmiso-"

@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Protocol
+from typing import Callable, Iterable, Optional
 
 from .errors import VmIsolationError
-from .hypervisor import NetworkInfo, RawLease
+from .hosttypes import Lease as Lease
+from .hosttypes import LeaseSource, RawLease
 from .waiting import Deadline, poll_until
 
 log = logging.getLogger(__name__)
@@ -30,29 +30,6 @@ STATUS_DIR = Path("/var/lib/libvirt/dnsmasq")
 POLL_INTERVAL_S = 0.1
 SOURCE_API = "libvirt-api"
 SOURCE_STATUS_FILE = "status-file"
-
-
-class LeaseSource(Protocol):
-    """What leases need from the hypervisor."""
-
-    def dhcp_leases(self, network: str, mac: Optional[str] = None) -> list[RawLease]: ...
-
-    def network(self, name: str) -> NetworkInfo: ...
-
-
-@dataclass(frozen=True)
-class Lease:
-    mac: str
-    ip: str
-    hostname: str
-    expiry_time: float
-    client_id: str
-    source: str
-    """Where it was read: libvirt-api or status-file."""
-
-    @property
-    def key(self) -> tuple[str, float]:
-        return (self.ip, self.expiry_time)
 
 
 class Leases:

@@ -100,3 +100,13 @@ def _hint(detail: str) -> str:
     if "image is corrupt" in lowered or "could not open" in lowered:
         return " (rebuild the base image: scripts/build-image.sh --force)"
     return ""
+
+
+class QemuImgDisks:
+    """The guests' disks (hosttypes.Disks) as qemu-img overlays."""
+
+    def create(self, base: Path, overlay_path: Path) -> Path:
+        return create_overlay(base, overlay_path)
+
+    def remove(self, overlay_path: Path) -> None:
+        remove_overlay(overlay_path)

@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 from .config import Settings
 from .domainxml import Owner
 from .errors import VmIsolationError
-from .hypervisor import OwnedDomain
+from .hosttypes import OwnedDomain
 from .ids import is_our_domain_name
 from .journal import JOURNAL_DIR, JOURNAL_FILE, read_journal
 from .leases import Lease

@@ -12,7 +12,7 @@ import logging
 import shlex
 from pathlib import Path
 
-from .guest import RemoteSession
+from .hosttypes import RemoteSession
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ class TaskSpec:
     memory_mib: int
     image: str
     kill_grace_s: Optional[float]
-    raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    """TaskInfo.kill_policy.grace_period: a KILL without its own grace period uses it."""
     health_check: Optional[CheckSpec] = None
     """TaskInfo.health_check: run in the guest; failing ones kill the task."""
     check: Optional[CheckSpec] = None
@@ -90,7 +90,6 @@ def parse_task(raw: Any, settings: Settings) -> TaskSpec:
         memory_mib=memory_mib,
         image=_image(raw, settings),
         kill_grace_s=_grace(raw.get("kill_policy")),
-        raw=raw,
         health_check=parse_health_check(raw.get("health_check"), command_info),
         check=parse_check(raw.get("check"), command_info),
     )

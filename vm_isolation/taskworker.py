@@ -94,15 +94,17 @@ class TaskWorker:
 
     def kill(self, grace_s: Optional[float], why: str, *, sigkill_wait_s: float = DESTROY_AFTER_SIGKILL_S) -> None:
         """Start killing the task (:meth:`TaskSession.kill`): SIGTERM, SIGKILL after ``grace_s``
-        (the configured default if None), the guest powered off ``sigkill_wait_s`` later if the
-        command still runs. Returns at once."""
+        (if None: the TaskInfo's kill policy, else ``[executor] kill_grace_s``, as Mesos's
+        command executor does), the guest powered off ``sigkill_wait_s`` later if the command
+        still runs. Returns at once."""
         with self._lock:
             if self._killing or self.finished.is_set():
                 return
             self._killing = True
         if self.session.started and self.ctx.task_killing:
             self._send(TaskState.KILLING, message=why)
-        grace = self.ctx.settings.executor.kill_grace_s if grace_s is None else grace_s
+        grace = next(g for g in (grace_s, self.spec.kill_grace_s, self.ctx.settings.executor.kill_grace_s)
+                     if g is not None)
         self.session.kill(why, grace, sigkill_wait_s=sigkill_wait_s)
 
     def join(self, timeout_s: Optional[float] = None) -> None:

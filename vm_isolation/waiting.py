@@ -1,7 +1,7 @@
 """Deadlines and the one polling loop: the only place in the package that sleeps.
 
-Time is a parameter: every wait takes a :class:`Clock`, so unit tests pass a
-:class:`FakeClock` and no real time passes.
+Time is a parameter: every wait takes a :class:`Clock`, so unit tests pass a fake one
+(tests/unit/fakes.py) and no real time passes.
 """
 
 from __future__ import annotations
@@ -38,28 +38,6 @@ class SystemClock:
 
 
 SYSTEM_CLOCK = SystemClock()
-
-
-class FakeClock:
-    """A clock whose sleep only advances its own time (for tests)."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def wait(self, event: threading.Event, seconds: float) -> bool:
-        """Set already: True at once; otherwise the whole wait passes (in fake time)."""
-        if event.is_set():
-            return True
-        self.sleep(seconds)
-        return event.is_set()
 
 
 @dataclass(frozen=True)

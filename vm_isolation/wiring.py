@@ -1,4 +1,5 @@
-"""Building the real objects from Settings: the one place adapters are chosen."""
+"""Building the real objects from Settings: the one place adapters are chosen (every CLI,
+host set-up, the benchmarks and the tests' real fixtures build them here)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,35 @@ from .guest import GuestLauncher
 from .hostfirewall import NftFirewall
 from .hypervisor import LibvirtHypervisor
 from .leases import Leases
+from .overlay import QemuImgDisks
 from .reaper import PortTable
 from .remote import SshRemote
 from .sshkeys import generate_client_key
 
 
+def real_hypervisor(settings: Settings, *, first_connect_s: float = 0.0) -> LibvirtHypervisor:
+    """The libvirt connection of ``[libvirt] uri`` (``first_connect_s``: how long to wait for a
+    libvirtd that is restarting; 0 fails at once, for tools an operator runs by hand)."""
+    return LibvirtHypervisor(settings.libvirt.uri, first_connect_s=first_connect_s)
+
+
+def real_leases(hypervisor: LibvirtHypervisor) -> Leases:
+    """The guests' DHCP leases, read through libvirt (dnsmasq's status file as the fallback)."""
+    return Leases(hypervisor)
+
+
 def real_launcher(settings: Settings, hypervisor: LibvirtHypervisor | None = None) -> GuestLauncher:
     """A GuestLauncher on libvirt, qemu-img, dnsmasq leases and paramiko."""
-    hv = hypervisor or LibvirtHypervisor(settings.libvirt.uri)
+    hv = hypervisor or real_hypervisor(settings)
     return GuestLauncher(
         settings,
         hv,
-        Leases(hv),
+        real_leases(hv),
         domain_type=resolve_domain_type(settings.libvirt.domain_type),
         connect=SshRemote.connect,
         make_key=generate_client_key,
         firewall=NftFirewall(),
+        disks=QemuImgDisks(),
     )
 
 

@@ -1,5 +1,6 @@
-"""Fakes of our own boundaries (not of libvirt or paramiko): they record calls and refuse
-anything they were not prepared for."""
+"""Fakes of our own boundaries (not of libvirt or paramiko), all in this one module: they record
+calls and refuse anything they were not prepared for (a FakeRemote without a handler refuses
+every command; ``answer_zero`` is the explicit 'every command succeeds')."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Callable, Optional
 
 from vm_isolation.domainxml import DomainSpec
 from vm_isolation.errors import NotFound
-from vm_isolation.hypervisor import NetworkInfo, RawLease
+from vm_isolation.hosttypes import NetworkInfo, RawLease
 
 
 class FakeHypervisor:
@@ -96,6 +97,15 @@ def fake_key_factory(directory: Path) -> FakeKey:
     return FakeKey(directory)
 
 
+def _unprepared(command: str) -> int:
+    raise AssertionError(f"FakeRemote: no handler for {command!r}: give the fake a handler that expects it")
+
+
+def answer_zero(remote: FakeRemote, command: str, out: Callable[[bytes], None], err: Callable[[bytes], None]) -> int:
+    """A handler for tests that only need commands to succeed (say so explicitly)."""
+    return 0
+
+
 @dataclass
 class FakeRemote:
     """An SSH session that runs scripted commands."""
@@ -106,7 +116,7 @@ class FakeRemote:
     files: dict[str, bytes] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
     handler: Callable[[FakeRemote, str, Callable[[bytes], None], Callable[[bytes], None]], int] = (
-        lambda r, c, o, e: 0)
+        lambda r, c, o, e: _unprepared(c))
 
     def put(self, data: bytes, remote_path: str, *, mode: int = 0o644) -> None:
         self.files[remote_path] = data
@@ -161,3 +171,25 @@ class FakeFirewall:
 
     def opened_ports(self) -> set[tuple[str, int]]:
         return set(self.opened)
+
+
+class FakeClock:
+    """A clock whose sleep only advances its own time (for tests)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Set already: True at once; otherwise the whole wait passes (in fake time)."""
+        if event.is_set():
+            return True
+        self.sleep(seconds)
+        return event.is_set()

@@ -69,6 +69,7 @@ def test_domains_without_our_metadata_have_no_owner() -> None:
 
 def test_libvirt_test_driver_accepts_the_xml_and_keeps_the_metadata() -> None:
     """libvirt itself (test:/// driver) parses the XML and returns our owner metadata."""
+    pytest.importorskip("libvirt", reason="needs libvirt-python")
     from vm_isolation.hypervisor import LibvirtHypervisor
 
     hv = LibvirtHypervisor("test:///default")

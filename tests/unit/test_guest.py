@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.fakes import FakeConnector, FakeDisks, FakeFirewall, FakeHypervisor, fake_key_factory
+from tests.unit.fakes import FakeClock, FakeConnector, FakeDisks, FakeFirewall, FakeHypervisor, fake_key_factory
 from vm_isolation.config import Settings, VmSettings
 from vm_isolation.domainxml import Owner
 from vm_isolation.errors import AddressTimeout, GuestDied, NetworkUnavailable, SshAuthError
@@ -16,7 +16,6 @@ from vm_isolation.guest import Cancelled, GuestLauncher, GuestRequest, host_key_
 from vm_isolation.ids import DomainName
 from vm_isolation.journal import Journal, read_journal
 from vm_isolation.leases import Leases
-from vm_isolation.waiting import FakeClock
 
 NAME = DomainName("vmiso-t-0123456789")
 

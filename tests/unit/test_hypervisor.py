@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from vm_isolation.errors import LibvirtUnavailable
-from vm_isolation.hypervisor import LibvirtHypervisor
-from vm_isolation.waiting import FakeClock
+pytest.importorskip("libvirt", reason="the libvirt adapter's own tests need libvirt-python")
+
+from tests.unit.fakes import FakeClock
+from vm_isolation.errors import LibvirtUnavailable  # noqa: E402
+from vm_isolation.hypervisor import LibvirtHypervisor  # noqa: E402
 
 
 def nobody(tmp_path: Path) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from vm_isolation.config import Settings
 from vm_isolation.domainxml import Owner
-from vm_isolation.hypervisor import OwnedDomain
+from vm_isolation.hosttypes import OwnedDomain
 from vm_isolation.journal import Journal, journal_path
 from vm_isolation.ownership import Liveness, OwnerFile, is_owner_file_path, liveness, owner_files, read_owner_file
 from vm_isolation.reaper import Kind, ReapReport, reap

@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from tests.unit.fakes import FakeClock
 from vm_isolation import remote as remote_module
 from vm_isolation.errors import (
     HostKeyMismatch,
@@ -35,7 +36,7 @@ from vm_isolation.errors import (
 )
 from vm_isolation.remote import SshRemote
 from vm_isolation.sshkeys import ClientKey, generate_client_key
-from vm_isolation.waiting import Deadline, FakeClock, poll_until
+from vm_isolation.waiting import Deadline, poll_until
 
 WAIT_S = 5.0
 """How long the peer waits for a test's signal before giving up (never reached when green)."""

@@ -13,9 +13,17 @@ def test_our_own_entries_go_neither_in_nor_back(tmp_path: Path) -> None:
     name does not overwrite it on the way back; the framework's files go both ways."""
     for name in ("stdout", "stderr", "console.log", "job.tar"):
         (tmp_path / name).write_text(f"host {name}")
-    remote = FakeRemote("h", "k")
+    made: list[str] = []
+
+    def mkdir_only(remote: FakeRemote, command: str, out: object, err: object) -> int:
+        assert command.startswith("mkdir -p "), command
+        made.append(command)
+        return 0
+
+    remote = FakeRemote("h", "k", handler=mkdir_only)
     assert upload(remote, tmp_path, "/mnt/mesos/sandbox") == 1
     assert list(remote.files) == ["/mnt/mesos/sandbox/job.tar"]
+    assert made == ["mkdir -p /mnt/mesos/sandbox"]
     remote.files.update({"/mnt/mesos/sandbox/console.log": b"stale", "/mnt/mesos/sandbox/result.txt": b"42"})
     remote.run_capture = lambda command, timeout_s=None: (0, b"./console.log\0./result.txt\0", b"")  # type: ignore[method-assign]
     assert copy_back(remote, "/mnt/mesos/sandbox", tmp_path) == 1

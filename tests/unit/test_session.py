@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.unit.fakes import FakeDisks, FakeFirewall, FakeHypervisor, FakeRemote, fake_key_factory
+from tests.unit.fakes import FakeClock, FakeDisks, FakeFirewall, FakeHypervisor, FakeRemote, fake_key_factory
 from vm_isolation.config import Settings, VmSettings
 from vm_isolation.domainxml import Owner
 from vm_isolation.guest import Guest, GuestLauncher, GuestRequest
@@ -20,7 +20,7 @@ from vm_isolation.launcher import LaunchSpec
 from vm_isolation.leases import Leases
 from vm_isolation.session import KillStep, SessionIO, SessionPhase, TaskSession
 from vm_isolation.statuses import ExitStatus, Reason, RunResult, TaskState, task_outcome
-from vm_isolation.waiting import Deadline, FakeClock, poll_until
+from vm_isolation.waiting import Deadline, poll_until
 
 WAIT_S = 10.0
 NAME = "vmiso-t-0123456789"

@@ -36,12 +36,11 @@ from ..hostaccess import access_problems, describe
 from ..hostnet import bridge_ipv4
 from ..hypervisor import LibvirtHypervisor
 from ..journal import Journal, earlier_runs, journal_path
-from ..leases import Leases
 from ..ownership import OwnerFile
 from ..procinfo import own_start_time
 from ..reaper import reap
 from ..reaperwatch import reaper_watch_running
-from ..wiring import agent_ports, real_launcher
+from ..wiring import agent_ports, real_hypervisor, real_launcher, real_leases
 from ..wrap import InnerCommand, Wrapper
 from .common import configure_logging
 
@@ -117,7 +116,7 @@ def _own(settings: Settings, env: MesosEnvironment) -> tuple[Optional[OwnerFile]
 def _serve(args: argparse.Namespace, inner: list[str], settings: Settings, env: MesosEnvironment, owner: Owner,
            journal: Journal, host_problem: Optional[str]) -> int:
     # Started by the agent at any time, maybe while libvirtd restarts (2-8 s): wait a little.
-    hypervisor = LibvirtHypervisor(settings.libvirt.uri, first_connect_s=FIRST_CONNECT_S)
+    hypervisor = real_hypervisor(settings, first_connect_s=FIRST_CONNECT_S)
     _reap_earlier_run(settings, hypervisor, env)
     launcher = real_launcher(settings, hypervisor)
     if args.wrap:
@@ -165,7 +164,7 @@ def _reap_earlier_run(settings: Settings, hypervisor: LibvirtHypervisor, env: Me
     """Remove what an earlier, crashed run of this same executor left behind: its domains (by
     their owner metadata) and whatever its journal (a sibling run directory) lists."""
     try:
-        report = reap(settings, hypervisor, Leases(hypervisor), journals=earlier_runs(env.directory),
+        report = reap(settings, hypervisor, real_leases(hypervisor), journals=earlier_runs(env.directory),
                       only_executor_id=env.executor_id, only_framework_id=env.framework_id,
                       ports=agent_ports(settings))
     except VmIsolationError as exc:

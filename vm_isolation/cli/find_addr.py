@@ -25,8 +25,9 @@ from typing import Optional
 from ..config import Settings, load_settings
 from ..errors import ConfigError, LibvirtUnavailable, NetworkUnavailable, NotFound
 from ..hypervisor import LibvirtHypervisor
-from ..leases import Lease, Leases
+from ..leases import Lease
 from ..waiting import Deadline, WaitTimeout, poll_until
+from ..wiring import real_hypervisor, real_leases
 
 log = logging.getLogger("find_addr")
 
@@ -74,7 +75,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"find_addr: {exc}", file=sys.stderr)
         return EXIT_USAGE
     network = args.network or settings.libvirt.network
-    hv = LibvirtHypervisor(settings.libvirt.uri)
+    hv = real_hypervisor(settings)
     try:
         return _find(hv, args.target, network, args.wait, args.json)
     except LibvirtUnavailable as exc:
@@ -99,7 +100,7 @@ def _find(hv: LibvirtHypervisor, target: str, network: str, wait_s: float, as_js
             print(f"find_addr: no domain named {target!r} (see `virsh list --all`)", file=sys.stderr)
             return EXIT_NO_DOMAIN
         log.info("domain %s has MAC(s) %s", target, ", ".join(macs) or "(none)")
-    leases = Leases(hv)
+    leases = real_leases(hv)
     started = time.monotonic()
 
     def probe() -> Optional[Lease]:

@@ -30,12 +30,10 @@ from typing import Optional
 
 from ..config import Settings, load_settings
 from ..errors import VmIsolationError
-from ..hypervisor import LibvirtHypervisor
 from ..journal import journals_under
-from ..leases import Leases
 from ..reaper import DEFAULT_ORPHAN_MIN_AGE_S, ReapReport, reap
 from ..reaperwatch import DEFAULT_FULL_EVERY_S, DEFAULT_INTERVAL_S, WatchLock, watch, watch_lock_path
-from ..wiring import agent_ports
+from ..wiring import agent_ports, real_hypervisor, real_leases
 from .common import configure_logging
 
 log = logging.getLogger("vm-isolation-reap")
@@ -76,10 +74,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     if args.watch:
         return _watch(settings, args)
-    hypervisor = LibvirtHypervisor(settings.libvirt.uri)
+    hypervisor = real_hypervisor(settings)
     try:
         journals = dict.fromkeys([*journals_under(args.work_dir), *args.journal])
-        report = reap(settings, hypervisor, Leases(hypervisor), orphan_min_age_s=args.min_age,
+        report = reap(settings, hypervisor, real_leases(hypervisor), orphan_min_age_s=args.min_age,
                       journals=journals, dry_run=args.dry_run, ports=agent_ports(settings))
     finally:
         hypervisor.close()
@@ -101,11 +99,11 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     # A libvirtd that is down or restarting is waited for, never a reason to exit.
-    hypervisor = LibvirtHypervisor(settings.libvirt.uri, first_connect_s=FIRST_CONNECT_S)
+    hypervisor = real_hypervisor(settings, first_connect_s=FIRST_CONNECT_S)
     log.info("watching: owners every %.1f s, full pass every %.0f s (journals under %s)",
              args.interval, args.full_every, args.work_dir)
     try:
-        watch(settings, hypervisor, Leases(hypervisor), stop,
+        watch(settings, hypervisor, real_leases(hypervisor), stop,
               journals=lambda: [*journals_under(args.work_dir), *args.journal],
               interval_s=args.interval, full_every_s=args.full_every, orphan_min_age_s=args.min_age,
               ports=agent_ports(settings))
