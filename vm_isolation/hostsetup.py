@@ -3,7 +3,7 @@ start the reaper watcher (:mod:`hostservices`).
 
 Run as ``python -m vm_isolation.hostsetup`` after ``scripts/host-setup.sh`` (the Makefile does).
 
-The network tuning, measured in shared/reference/vm-stack.md:
+The network tuning, measured on the development hosts (README, "Host network"):
   * ``<bridge stp='off'>``: with STP on, every new tap port waits ~4 s (listening + learning)
     before it forwards; libvirt's ``delay='0'`` is overridden by the kernel's 2 s minimum.
   * dnsmasq ``no-ping``: before offering a *new* address dnsmasq probes it for ~3 s, serially;

@@ -53,10 +53,9 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 from .config import Settings
 from .domainxml import Owner
 from .errors import VmIsolationError
-from .hosttypes import OwnedDomain
+from .hosttypes import Lease, OwnedDomain
 from .ids import is_our_domain_name
 from .journal import JOURNAL_DIR, JOURNAL_FILE, read_journal
-from .leases import Lease
 from .ownership import Liveness, is_owner_file_path, liveness, owner_files, read_owner_file
 from .procinfo import ProcProcessTable
 

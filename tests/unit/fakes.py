@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from vm_isolation.domainxml import DomainSpec
-from vm_isolation.errors import NotFound
+from vm_isolation.errors import NetworkUnavailable, NotFound
 from vm_isolation.hosttypes import NetworkInfo, RawLease
 
 
@@ -30,13 +30,16 @@ class FakeHypervisor:
         self.lock = threading.Lock()
 
     def require_active_network(self, name: str) -> NetworkInfo:
-        from vm_isolation.errors import NetworkUnavailable
-        if not self.network_active:
+        info = self.network(name)
+        if not info.active:
             raise NetworkUnavailable(f"network {name} inactive")
-        return NetworkInfo(name, "virbr0", True, "192.168.122.1")
+        return info
 
     def network(self, name: str) -> NetworkInfo:
-        return NetworkInfo(name, "virbr0", self.network_active)
+        """One network, ``default`` on virbr0 (as the contract suite's libvirt test node)."""
+        if name != "default":
+            raise NetworkUnavailable(f"libvirt network {name!r} does not exist")
+        return NetworkInfo(name, "virbr0", self.network_active, "192.168.122.1")
 
     def define(self, spec: DomainSpec) -> None:
         self.calls.append(("define", spec.name))

@@ -1,4 +1,6 @@
-"""Layering: each external system is imported by exactly one module of the package."""
+"""Layering: each external system has exactly one module of the package (a library is imported,
+a program run, only there), and the task lifecycle is written against Protocols, never against
+an adapter: wiring.py (and the CLIs through it) is where adapters are chosen."""
 
 from __future__ import annotations
 
@@ -16,6 +18,20 @@ OWNERS = {
     "jinja2": {"launcher.py"},
     "pymesos": {"mesos.py"},
 }
+
+
+PROGRAM_OWNERS = {
+    "qemu-img": {"overlay.py"},
+    "dhcp_release": {"leases.py"},
+    "nft": {"hostfirewall.py"},
+    "systemctl": {"hostservices.py"},
+}
+"""Programs the package runs (subprocess-backed systems), and the one module that runs each."""
+
+ADAPTERS = {"hypervisor", "remote", "overlay", "leases", "hostfirewall", "hostnet", "sshkeys", "mesos",
+            "hostservices", "wiring"}
+LIFECYCLE = {"guest.py", "session.py", "taskworker.py", "wrap.py", "taskrun.py", "sandbox.py", "executor.py",
+             "reaper.py", "reaperwatch.py", "checks.py"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -59,3 +75,38 @@ def test_only_the_config_module_reads_the_environment() -> None:
         and not str(path.relative_to(PACKAGE)).startswith("localagent")
     )
     assert offenders == []
+
+
+def string_literals(path: Path) -> set[str]:
+    return {node.value for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAM_OWNERS))
+def test_only_the_owning_module_runs_the_program(program: str) -> None:
+    """A program (qemu-img, dhcp_release, nft, systemctl) is named, and so run, by one module."""
+    runners = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if program in string_literals(path)
+    }
+    assert runners <= PROGRAM_OWNERS[program], f"{program} run by {sorted(runners - PROGRAM_OWNERS[program])}"
+
+
+def package_imports(path: Path) -> set[str]:
+    """The package modules ``path`` imports (relative imports, first component)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            if node.module:
+                names.add(node.module.split(".")[0])
+            else:
+                names.update(alias.name for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("module", sorted(LIFECYCLE))
+def test_the_lifecycle_imports_no_adapter(module: str) -> None:
+    """The lifecycle sees the host's systems through hosttypes' Protocols; which adapter
+    stands behind them is decided in wiring.py only."""
+    assert package_imports(PACKAGE / module) & ADAPTERS == set()

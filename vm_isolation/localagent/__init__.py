@@ -1,9 +1,10 @@
 """A local, protocol-faithful stand-in for the executor-facing side of a Mesos agent.
 
-No Mesos binary can be installed here, so executors are tested against this: an HTTP server
+Written before a real Mesos was at hand (tests/mesos now runs the real one), it is the fast
+stand-in executors are unit-tested against: an HTTP server
 for ``POST /api/v1/executor`` (v1 executor API, JSON) plus the agent's handling of executor
-processes, written from the Mesos source (apache/mesos c1b42f79, see
-/work/shared/reference/mesos-executor.md for the facts and where they come from).
+processes, written from the Mesos source (apache/mesos c1b42f79: src/slave/http.cpp and
+src/executor/executor.cpp for the executor API).
 
 Faithful: request checks and their status codes and messages; UPDATE validation (16-byte
 UUID, SOURCE_EXECUTOR, no TASK_STAGING, matching executor id); SUBSCRIBE stream framing
