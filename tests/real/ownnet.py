@@ -29,6 +29,20 @@ from vm_isolation.hostsetup import tuned_network_xml
 from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.wiring import real_launcher
 
+PY_SERVE = ("python3 -c 'import socket,threading\n"
+            "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);u.bind((\"0.0.0.0\",7001))\n"
+            "def udp():\n"
+            "    while True:\n"
+            "        d,a=u.recvfrom(100);open(\"/tmp/udp.log\",\"ab\").write(d);u.sendto(b\"pong\",a)\n"
+            "threading.Thread(target=udp,daemon=True).start()\n"
+            "t=socket.socket();t.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);t.bind((\"0.0.0.0\",7000));t.listen()\n"
+            "while True:\n"
+            "    c,a=t.accept();c.sendall(b\"hello\");c.close()' >/dev/null 2>&1 &")
+PY_UDP = ("python3 -c 'import socket,sys\n"
+          "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(3);s.sendto(b\"ping\",(sys.argv[1],7001))\n"
+          "print(s.recvfrom(10)[0].decode())' {ip}")
+"""PY_SERVE: a guest service on TCP 7000 (answers `hello`) and UDP 7001 (logs, answers `pong`)."""
+
 
 def sh(*argv: str, check: bool = True) -> str:
     done = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, check=False)
