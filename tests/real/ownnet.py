@@ -17,6 +17,7 @@ import random
 import secrets
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -217,12 +218,17 @@ def interfaces(uri: str, domain: str) -> dict[str, str]:
 
 
 def nwfilter_bindings(uri: str) -> dict[str, str]:
-    """Port device -> filter of every libvirt nwfilter binding on the host."""
+    """Domain -> port device of every libvirt nwfilter binding on the host (with its filter,
+    ``vnet3 clean-traffic``). Keyed by domain: device names are reused by later guests."""
     found = {}
     for line in sh("virsh", "-c", uri, "nwfilter-binding-list").splitlines()[2:]:
         fields = line.split()
-        if len(fields) == 2:
-            found[fields[0]] = fields[1]
+        if len(fields) != 2:
+            continue
+        xml = sh("virsh", "-c", uri, "nwfilter-binding-dumpxml", fields[0], check=False)
+        owner = ET.fromstring(xml).findtext("owner/name") if xml.strip() else None
+        if owner:
+            found[owner] = f"{fields[0]} {fields[1]}"
     return found
 
 
@@ -233,9 +239,11 @@ def table_elements(table: str) -> list[Any]:
 
 
 def table_rules(table: str) -> list[str]:
-    """The rules of ``inet <table>`` as JSON text, one per rule (to compare before and after)."""
+    """The rules of ``inet <table>`` as JSON text, one per rule, counters left out (to compare
+    before and after)."""
     data = json.loads(sh("nft", "-j", "list", "table", "inet", table))
-    return [json.dumps(item["rule"]["expr"], sort_keys=True) for item in data.get("nftables", []) if "rule" in item]
+    return [json.dumps([e for e in item["rule"]["expr"] if "counter" not in e], sort_keys=True)
+            for item in data.get("nftables", []) if "rule" in item]
 
 
 def host_neighbour(bridge: str, ip: str) -> Optional[str]:
