@@ -257,3 +257,11 @@ def fdb_ports(bridge: str, mac: str) -> set[str]:
     entries = json.loads(sh("bridge", "-j", "fdb", "show", "br", bridge) or "[]")
     return {str(e.get("ifname")) for e in entries if str(e.get("mac", "")).lower() == mac.lower()
             and "self" not in e.get("flags", [])}
+
+
+def bridge_port(dev: str) -> tuple[Optional[str], bool]:
+    """(the bridge ``dev`` is attached to or None, whether its port is isolated)."""
+    links = json.loads(sh("ip", "-j", "link", "show", "dev", dev, check=False) or "[]")
+    ports = json.loads(sh("bridge", "-d", "-j", "link", "show", "dev", dev, check=False) or "[]")
+    master = links[0].get("master") if links else None
+    return master, bool(ports and ports[0].get("isolated"))
