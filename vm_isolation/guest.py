@@ -342,8 +342,8 @@ class _Boot:
             raise FirewallError(
                 f"the host does not enforce the guests' network isolation on {self.net_info.bridge}: "
                 f"{'; '.join(missing)}. Run `python -m vm_isolation.hostsetup` as root (it installs the "
-                f"nftables table inet vmiso), or set [network] isolation = off where the operator "
-                f"isolates the network by other means")
+                f"network's nftables table, inet vmiso for `default`), or set [network] isolation = off "
+                f"where the operator isolates the network by other means")
 
     def _interface_policy(self) -> InterfacePolicy:
         """With ``[network] isolation = on``: an isolated bridge port (no frame between two

@@ -1,8 +1,10 @@
 """The host's firewall for the guests' bridge: the only module that runs ``nft``.
 
-One nftables table of our own, ``table inet vmiso``, installed by host set-up
-(:func:`install`, idempotent) and never touching other traffic: its base chains jump to our
-rules only for packets that come *in* from the guests' bridge (``iifname virbr0``).
+One nftables table of our own per libvirt network (:func:`table_for`: ``table inet vmiso`` for
+``default``, ``inet vmiso_<network>`` for any other, so two networks' set-ups never replace each
+other's rules), installed by host set-up (:func:`install`, idempotent) and never touching other
+traffic: its base chains jump to our rules only for packets that come *in* from the network's
+bridge (``iifname virbr0``).
 
     input   (guest -> the host itself)  established/related replies (the host's SSH sessions),
                                         DHCP (udp 67), DNS (udp/tcp 53 on the bridge address),
@@ -10,8 +12,9 @@ rules only for packets that come *in* from the guests' bridge (``iifname virbr0`
                                         mode, one element per guest while it lives); all else
                                         dropped, IPv6 included.
     forward (guest -> anywhere else)    back out of the bridge (guest -> host -> guest): dropped;
-                                        169.254.0.0/16 (metadata endpoints): dropped;
-                                        then the egress policy: nat (accept IPv4), none (drop),
+                                        169.254.0.0/16 (metadata endpoints): dropped,
+                                        except networks inside it that an allow-list
+                                        names explicitly; then the egress policy: nat (accept IPv4), none (drop),
                                         allow-list (accept the configured networks, drop the rest).
 
 libvirt's own rules live in the ``ip filter``/``ip nat`` tables (iptables-nft) and are rebuilt
@@ -28,6 +31,7 @@ an IPv4 address.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import json
 import logging
@@ -51,6 +55,30 @@ METADATA_NET = "169.254.0.0/16"
 CHAINS = ("input", "forward", "guest_input", "guest_forward")
 NFT_TIMEOUT_S = 10.0
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_TABLE = re.compile(r"vmiso(_[A-Za-z0-9_]{1,41})?")
+
+
+def table_for(network: str) -> str:
+    """The table that confines the guests of the libvirt network ``network``: ``vmiso`` for
+    ``default``, ``vmiso_<network>`` otherwise (characters other than ``[A-Za-z0-9_]`` become
+    ``_``, with a hash of the real name appended when anything was changed or cut)."""
+    if network == "default":
+        return TABLE
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", network)[:32]
+    if safe != network:
+        safe += "_" + hashlib.sha256(network.encode(errors="surrogateescape")).hexdigest()[:8]
+    return f"{TABLE}_{safe}"
+
+
+def _table(name: str) -> str:
+    if not _TABLE.fullmatch(name):
+        raise ValueError(f"{name!r} is not one of our table names (see table_for)")
+    return name
+
+
+def status_file_for(table: str) -> Path:
+    """Where :func:`install` records ``table`` for executors that are not root."""
+    return STATUS_FILE if table == TABLE else STATUS_FILE.with_name(f"firewall-{_table(table)}.json")
 
 
 @dataclass(frozen=True)
@@ -63,6 +91,8 @@ class FirewallPolicy:
     """The host's IPv4 address on it (DNS is answered there)."""
     egress: str = "nat"
     allow: tuple[str, ...] = ()
+    table: str = TABLE
+    """Our table for this network (:func:`table_for`)."""
 
 
 def ruleset(policy: FirewallPolicy) -> str:
@@ -70,7 +100,7 @@ def ruleset(policy: FirewallPolicy) -> str:
     is not what it should be."""
     bridge = _ifname(policy.bridge)
     address = str(ipaddress.IPv4Address(policy.address))
-    table = f"{FAMILY} {TABLE}"
+    table = f"{FAMILY} {_table(policy.table)}"
     lines = [
         f"add table {table}",
         f"add set {table} {AGENT_PORTS} {{ type ipv4_addr . inet_service; }}",
@@ -90,10 +120,21 @@ def ruleset(policy: FirewallPolicy) -> str:
         f"add rule {table} guest_input ip daddr {address} ip saddr . tcp dport @{AGENT_PORTS} accept",
         f"add rule {table} guest_input counter drop",
         f'add rule {table} guest_forward oifname "{bridge}" counter drop',
+        *_explicit_link_local(table, policy),
         f"add rule {table} guest_forward ip daddr {METADATA_NET} counter drop",
         *_egress_rules(table, policy),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _explicit_link_local(table: str, policy: FirewallPolicy) -> list[str]:
+    """Accept rules for the allow-list's networks inside 169.254.0.0/16 (a metadata address is
+    reachable only when named: ``allow = 0.0.0.0/0`` does not open it)."""
+    if policy.egress != "allow-list":
+        return []
+    metadata = ipaddress.IPv4Network(METADATA_NET)
+    nets = [str(n) for n in map(ipaddress.IPv4Network, policy.allow) if n.subnet_of(metadata)]
+    return [f"add rule {table} guest_forward ip daddr {{ {', '.join(nets)} }} accept"] if nets else []
 
 
 def _egress_rules(table: str, policy: FirewallPolicy) -> list[str]:
@@ -120,30 +161,37 @@ STATUS_FILE = Path("/run/vm-isolation/firewall.json")
 is not root (the agent's --switch_user) reads instead of listing nftables, which needs root."""
 
 
-def install(policy: FirewallPolicy, status_file: Path = STATUS_FILE) -> None:
-    """Install or update the table for ``policy`` (one transaction); FirewallError if refused."""
+def install(policy: FirewallPolicy, status_file: Optional[Path] = None) -> None:
+    """Install or update the table for ``policy`` (one transaction); FirewallError if refused.
+    ``status_file``: default :func:`status_file_for` the policy's table."""
     _nft(["-f", "-"], stdin=ruleset(policy))
+    status_file = status_file or status_file_for(policy.table)
     with contextlib.suppress(OSError):
         status_file.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         tmp = status_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"table": f"{FAMILY} {TABLE}", "bridge": policy.bridge,
+        tmp.write_text(json.dumps({"table": f"{FAMILY} {policy.table}", "bridge": policy.bridge,
                                    "installed_at": round(time.time(), 3)}) + "\n")
         tmp.chmod(0o644)
         tmp.replace(status_file)
     log.info("nftables table %s %s: guests on %s may reach the host only for DHCP and DNS on %s; "
-             "egress %s%s", FAMILY, TABLE, policy.bridge, policy.address, policy.egress,
+             "egress %s%s", FAMILY, policy.table, policy.bridge, policy.address, policy.egress,
              f" ({', '.join(policy.allow)})" if policy.allow else "")
 
 
-def remove() -> None:
-    """Delete the table (the operator's undo; nothing in the project calls it)."""
-    if installed_chains() is not None:
-        _nft(["delete", "table", FAMILY, TABLE])
+def remove(table: str = TABLE) -> None:
+    """Delete the table and its status file (the operator's undo, and the tests' for their own
+    networks; nothing in the executor calls it)."""
+    if installed_chains(table) is not None:
+        _nft(["delete", "table", FAMILY, _table(table)])
+    with contextlib.suppress(OSError):
+        status_file_for(table).unlink()
 
 
-def problems(bridge: str, status_file: Path = STATUS_FILE) -> list[str]:
+def problems(bridge: str, status_file: Optional[Path] = None, table: str = TABLE) -> list[str]:
     """Why the host does not enforce the guests' network policy on ``bridge`` ([] if it does).
-    Not being root, it can only read what host set-up recorded in ``status_file``."""
+    Not being root, it can only read what host set-up recorded in ``status_file`` (default
+    :func:`status_file_for` ``table``)."""
+    status_file = status_file or status_file_for(table)
     if os.geteuid() != 0:
         try:
             recorded = json.loads(status_file.read_text())
@@ -151,27 +199,27 @@ def problems(bridge: str, status_file: Path = STATUS_FILE) -> list[str]:
             recorded = {}
         if isinstance(recorded, dict) and recorded.get("bridge") == bridge:
             return []
-        return [f"host set-up recorded no nftables table {FAMILY} {TABLE} for {bridge} in {status_file} "
+        return [f"host set-up recorded no nftables table {FAMILY} {table} for {bridge} in {status_file} "
                 "(an executor that is not root cannot list nftables itself)"]
     if shutil.which("nft") is None:
         return ["the nft command (package nftables) is not installed"]
     try:
-        chains = installed_chains()
+        chains = installed_chains(table)
     except FirewallError as exc:
         return [str(exc)]
     if chains is None:
-        return [f"the nftables table {FAMILY} {TABLE} is not installed"]
+        return [f"the nftables table {FAMILY} {table} is not installed"]
     missing = [c for c in CHAINS if c not in chains]
     if missing:
-        return [f"the nftables table {FAMILY} {TABLE} lacks the chain(s) {', '.join(missing)}"]
-    if bridge not in chains["input"] or bridge not in chains["forward"]:
-        return [f"the nftables table {FAMILY} {TABLE} does not filter the bridge {bridge}"]
+        return [f"the nftables table {FAMILY} {table} lacks the chain(s) {', '.join(missing)}"]
+    if bridge not in chains["input"].split() or bridge not in chains["forward"].split():
+        return [f"the nftables table {FAMILY} {table} does not filter the bridge {bridge}"]
     return []
 
 
-def installed_chains() -> Optional[dict[str, str]]:
+def installed_chains(table: str = TABLE) -> Optional[dict[str, str]]:
     """Chain name -> the interface names its rules match, or None if the table is absent."""
-    result = _nft(["-j", "list", "table", FAMILY, TABLE], missing_ok=True)
+    result = _nft(["-j", "list", "table", FAMILY, _table(table)], missing_ok=True)
     if result is None:
         return None
     chains: dict[str, str] = {}
@@ -202,20 +250,20 @@ def _element(ip: str, port: int) -> str:
     return f"{{ {address} . {port} }}"
 
 
-def open_port(ip: str, port: int) -> None:
+def open_port(ip: str, port: int, table: str = TABLE) -> None:
     """Let the guest at ``ip`` connect to the host's bridge address on TCP ``port``."""
-    _nft(["add", "element", FAMILY, TABLE, AGENT_PORTS, _element(ip, port)])
+    _nft(["add", "element", FAMILY, _table(table), AGENT_PORTS, _element(ip, port)])
 
 
-def close_port(ip: str, port: int) -> None:
+def close_port(ip: str, port: int, table: str = TABLE) -> None:
     """Take the opening back; absent already (or no table) is fine."""
-    if (ip, port) in opened_ports():
-        _nft(["delete", "element", FAMILY, TABLE, AGENT_PORTS, _element(ip, port)])
+    if (ip, port) in opened_ports(table):
+        _nft(["delete", "element", FAMILY, _table(table), AGENT_PORTS, _element(ip, port)])
 
 
-def opened_ports() -> set[tuple[str, int]]:
+def opened_ports(table: str = TABLE) -> set[tuple[str, int]]:
     """The ``(guest ip, port)`` openings now in the table (empty if it is absent)."""
-    result = _nft(["-j", "list", "set", FAMILY, TABLE, AGENT_PORTS], missing_ok=True)
+    result = _nft(["-j", "list", "set", FAMILY, _table(table), AGENT_PORTS], missing_ok=True)
     found: set[tuple[str, int]] = set()
     for item in _items(result or ""):
         for elem in item.get("set", {}).get("elem", []):
@@ -226,19 +274,23 @@ def opened_ports() -> set[tuple[str, int]]:
 
 
 class NftFirewall:
-    """The host firewall as :class:`guest.GuestFirewall` and the reaper's port table."""
+    """The host firewall of one network's table (:func:`table_for`) as
+    :class:`guest.GuestFirewall` and the reaper's port table."""
+
+    def __init__(self, table: str = TABLE) -> None:
+        self.table = _table(table)
 
     def problems(self, bridge: str) -> list[str]:
-        return problems(bridge)
+        return problems(bridge, table=self.table)
 
     def open_port(self, ip: str, port: int) -> None:
-        open_port(ip, port)
+        open_port(ip, port, self.table)
 
     def close_port(self, ip: str, port: int) -> None:
-        close_port(ip, port)
+        close_port(ip, port, self.table)
 
     def opened_ports(self) -> set[tuple[str, int]]:
-        return opened_ports()
+        return opened_ports(self.table)
 
 
 # --- running nft -------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ The network tuning, measured on the development hosts (README, "Host network"):
 A network that running guests (not necessarily ours) are attached to is never restarted: its
 persistent definition is updated and the change takes effect at its next start.
 
-Then the guests' network policy is installed: the nftables table ``inet vmiso``
-(:mod:`hostfirewall`; ``[network] egress`` and ``allow`` choose its egress rules). Re-running
+Then the guests' network policy is installed: the nftables table ``inet vmiso`` (for the
+``default`` network; ``inet vmiso_<network>`` for another ``[libvirt] network``, see
+:func:`hostfirewall.table_for`; ``[network] egress`` and ``allow`` choose its egress rules). Re-running
 host set-up re-applies it, e.g. after an operator flushed the ruleset.
 """
 
@@ -73,6 +74,9 @@ def ensure_network(hv: LibvirtHypervisor, name: str) -> None:
     try:
         xml = hv.network_xml(name)
     except NotFound:
+        if name != "default":
+            raise NotFound(f"libvirt network {name!r} is not defined: define it (virsh net-define) or set "
+                           "[libvirt] network = default, which host set-up defines on virbr0") from None
         log.info("network %s: not defined; defining it on virbr0 (192.168.122.0/24)", name)
         hv.redefine_network(name, tuned_network_xml(DEFAULT_NETWORK_XML.format(name=name)) or "",
                             restart=False)
@@ -105,7 +109,8 @@ def ensure_firewall(hv: LibvirtHypervisor, settings: Settings) -> None:
     if not info.address:
         raise FirewallError(f"network {info.name} has no IPv4 address on the host: cannot scope the rules")
     hostfirewall.install(hostfirewall.FirewallPolicy(
-        bridge=info.bridge, address=info.address, egress=settings.network.egress, allow=settings.network.allow))
+        bridge=info.bridge, address=info.address, egress=settings.network.egress, allow=settings.network.allow,
+        table=hostfirewall.table_for(info.name)))
 
 
 def check_images(settings: Settings) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from .accel import resolve_domain_type
 from .config import Settings
 from .guest import GuestLauncher
-from .hostfirewall import NftFirewall
+from .hostfirewall import NftFirewall, table_for
 from .hypervisor import LibvirtHypervisor
 from .leases import Leases
 from .overlay import QemuImgDisks
@@ -36,12 +36,12 @@ def real_launcher(settings: Settings, hypervisor: LibvirtHypervisor | None = Non
         domain_type=resolve_domain_type(settings.libvirt.domain_type),
         connect=SshRemote.connect,
         make_key=generate_client_key,
-        firewall=NftFirewall(),
+        firewall=NftFirewall(table_for(settings.libvirt.network)),
         disks=QemuImgDisks(),
     )
 
 
 def agent_ports(settings: Settings) -> PortTable | None:
     """The per-guest agent-port openings the reaper closes: the host firewall's when the network
-    isolation is enforced, none otherwise."""
-    return NftFirewall() if settings.network.enforced else None
+    isolation is enforced (the table of the configured network), none otherwise."""
+    return NftFirewall(table_for(settings.libvirt.network)) if settings.network.enforced else None

@@ -7,6 +7,9 @@ ends by asserting that nothing it created is left: no domain, overlay, key or le
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -96,3 +99,23 @@ def leftovers(settings: Settings, hypervisor: LibvirtHypervisor) -> Leftovers:
 
 def images_dir(settings: Settings) -> Path:
     return settings.images.dir
+
+
+def restart_libvirtd() -> None:
+    """Stop libvirtd (running guests survive) and start it again as host set-up does."""
+    pid = int(Path("/run/libvirtd.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    poll_until(lambda: None if Path(f"/proc/{pid}").exists() else True, Deadline.after(30),
+               what="libvirtd to stop")
+    setup = Path(__file__).resolve().parents[2] / "scripts" / "host-setup.sh"
+    subprocess.run([str(setup)], check=True, capture_output=True, timeout=120)
+
+    def answers() -> bool | None:
+        done = subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True, timeout=30)
+        return True if done.returncode == 0 else None
+
+    try:  # another process on the host may have stopped it again meanwhile (seen once)
+        poll_until(answers, Deadline.after(30), interval_s=0.5, what="libvirtd to answer")
+    except WaitTimeout:
+        subprocess.run([str(setup)], check=True, capture_output=True, timeout=120)
+        poll_until(answers, Deadline.after(60), interval_s=0.5, what="libvirtd to answer")

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.real.conftest import Leftovers
+from tests.real.conftest import Leftovers, restart_libvirtd
 from tests.real.test_executor_e2e import BOOT_S, Run, task
 from vm_isolation.config import Settings
 from vm_isolation.journal import journal_path, read_journal
@@ -146,15 +146,6 @@ def test_sigterm_of_the_executor_kills_its_tasks_and_cleans_up(run: Run) -> None
     assert run.agent.wait_for_terminal("sigterm", 60).state == "TASK_KILLED"
     assert h.wait(60) == 0
     run.assert_clean()
-
-
-def restart_libvirtd() -> None:
-    pid = int(Path("/run/libvirtd.pid").read_text())
-    os.kill(pid, signal.SIGTERM)
-    poll_until(lambda: None if Path(f"/proc/{pid}").exists() else True, Deadline.after(30),
-               what="libvirtd to stop")
-    setup = Path(__file__).resolve().parents[2] / "scripts" / "host-setup.sh"
-    subprocess.run([str(setup)], check=True, capture_output=True, timeout=120)
 
 
 def test_a_libvirtd_restart_under_a_running_task_is_survived(run: Run) -> None:

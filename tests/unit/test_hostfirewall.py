@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,49 @@ def test_an_executor_that_is_not_root_trusts_what_host_set_up_recorded(
     status.write_text('{"table": "inet vmiso", "bridge": "virbr0"}')
     assert hostfirewall.problems("virbr0", status) == []
     assert hostfirewall.problems("virbr1", status) != []
+
+
+def test_each_network_has_its_own_table_so_set_ups_never_replace_each_other() -> None:
+    """`default` keeps inet vmiso; any other network gets vmiso_<name>, a name nft accepts
+    whatever the libvirt network is called (a hash tells apart names that differ only there)."""
+    from vm_isolation.hostfirewall import status_file_for, table_for
+
+    assert table_for("default") == "vmiso"
+    assert table_for("tenants_2") == "vmiso_tenants_2"
+    odd = [table_for(name) for name in ("ten-ants", "ten_ants", 'x"; flush ruleset', "n" * 200)]
+    assert len(set(odd)) == 4 and all(re.fullmatch(r"vmiso_[A-Za-z0-9_]{1,41}", t) for t in odd)
+    script = ruleset(FirewallPolicy("virbr7", "192.168.7.1", table="vmiso_tenants"))
+    assert all(re.search(r" inet vmiso_tenants( |$)", line) for line in script.splitlines())
+    assert status_file_for("vmiso").name == "firewall.json"
+    assert status_file_for("vmiso_tenants").name == "firewall-vmiso_tenants.json"
+    with pytest.raises(ValueError):
+        ruleset(FirewallPolicy("virbr7", "192.168.7.1", table="filter"))
+
+
+def test_a_metadata_address_is_forwarded_only_when_an_allow_list_names_it() -> None:
+    """169.254.169.254/32 in `allow` is accepted before the link-local drop; 0.0.0.0/0 does not
+    open link-local, nor does nat."""
+    def forward(egress: str, allow: tuple[str, ...]) -> list[str]:
+        return [line.split(" guest_forward ", 1)[1] for line in
+                ruleset(FirewallPolicy("virbr0", "192.168.122.1", egress, allow)).splitlines()
+                if line.startswith("add rule inet vmiso guest_forward ")]
+
+    named = forward("allow-list", ("198.18.0.0/24", "169.254.169.254/32"))
+    assert named[1:3] == ["ip daddr { 169.254.169.254/32 } accept", "ip daddr 169.254.0.0/16 counter drop"]
+    for egress, allow in (("allow-list", ("0.0.0.0/0",)), ("nat", ())):
+        rules = forward(egress, allow)
+        assert rules[1] == "ip daddr 169.254.0.0/16 counter drop"
+        assert not any("169.254.169.254" in rule for rule in rules)
+
+
+def test_a_network_of_another_name_is_checked_against_its_own_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The status file of `default`'s table says nothing about another network's bridge."""
+    from vm_isolation import hostfirewall
+
+    monkeypatch.setattr(hostfirewall.os, "geteuid", lambda: 1001)
+    monkeypatch.setattr(hostfirewall, "STATUS_FILE", tmp_path / "firewall.json")
+    (tmp_path / "firewall.json").write_text('{"table": "inet vmiso", "bridge": "virbr0"}')
+    assert hostfirewall.NftFirewall("vmiso_tenants").problems("virbr0") != []
+    (tmp_path / "firewall-vmiso_tenants.json").write_text('{"table": "inet vmiso_tenants", "bridge": "virbr7"}')
+    assert hostfirewall.NftFirewall("vmiso_tenants").problems("virbr7") == []

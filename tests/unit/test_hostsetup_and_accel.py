@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import pytest
+
+from vm_isolation import hostfirewall
 from vm_isolation.accel import resolve_domain_type
-from vm_isolation.hostsetup import DNSMASQ_NS, tuned_network_xml
+from vm_isolation.config import Settings
+from vm_isolation.errors import NotFound
+from vm_isolation.hostsetup import DNSMASQ_NS, ensure_firewall, ensure_network, tuned_network_xml
+from vm_isolation.hypervisor import NetworkInfo
 
 STOCK = """<network>
   <name>default</name>
@@ -47,3 +54,48 @@ def test_auto_falls_back_to_qemu_without_kvm_or_under_pvm(tmp_path: Path) -> Non
     assert resolve_domain_type("auto", dev_kvm=kvm, sys_module=tmp_path) == "kvm"
     (tmp_path / "kvm_pvm").mkdir()
     assert resolve_domain_type("auto", dev_kvm=kvm, sys_module=tmp_path) == "qemu"
+
+
+class _Networks:
+    """What ensure_network/ensure_firewall ask libvirt, for networks that may not exist."""
+
+    def __init__(self, defined: dict[str, str]) -> None:
+        self.defined = dict(defined)
+
+    def network_xml(self, name: str) -> str:
+        if name not in self.defined:
+            raise NotFound(name)
+        return self.defined[name]
+
+    def redefine_network(self, name: str, xml: str, *, restart: bool) -> None:
+        self.defined[name] = xml
+
+    def network(self, name: str) -> NetworkInfo:
+        return NetworkInfo(name=name, bridge="virbr7" if name != "default" else "virbr0", active=True,
+                           address="192.168.7.1")
+
+    def network_has_guests(self, bridge: str) -> bool:
+        return False
+
+    def start_network(self, name: str) -> None:
+        pass
+
+
+def test_only_the_default_network_is_defined_by_host_set_up() -> None:
+    """An undefined `default` is defined on virbr0; another name is refused with what to do,
+    rather than defined on virbr0 as well (which would clash with `default`)."""
+    hv = _Networks({})
+    ensure_network(hv, "default")  # type: ignore[arg-type]
+    assert "virbr0" in hv.defined["default"]
+    with pytest.raises(NotFound, match="virsh net-define"):
+        ensure_network(hv, "tenants")  # type: ignore[arg-type]
+    assert "tenants" not in hv.defined
+
+
+def test_the_firewall_of_another_network_goes_into_that_networks_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[libvirt] network = tenants installs table inet vmiso_tenants for its bridge."""
+    installed: list[hostfirewall.FirewallPolicy] = []
+    monkeypatch.setattr(hostfirewall, "install", installed.append)
+    settings = dataclasses.replace(Settings(), libvirt=dataclasses.replace(Settings().libvirt, network="tenants"))
+    ensure_firewall(_Networks({}), settings)  # type: ignore[arg-type]
+    assert [(p.table, p.bridge, p.address) for p in installed] == [("vmiso_tenants", "virbr7", "192.168.7.1")]
