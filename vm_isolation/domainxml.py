@@ -106,12 +106,27 @@ def render(spec: DomainSpec) -> str:
 
 def _metadata(owner: Owner) -> ET.Element:
     metadata = ET.Element("metadata")
+    metadata.append(_owner_element(owner))
+    return metadata
+
+
+def _owner_element(owner: Owner) -> ET.Element:
     # libvirt keeps the element's namespace prefix as written; register it for readable XML.
     ET.register_namespace(OWNER_PREFIX, OWNER_NS)
-    owner_el = ET.SubElement(metadata, f"{{{OWNER_NS}}}owner")
+    owner_el = ET.Element(f"{{{OWNER_NS}}}owner")
     for field in fields(owner):
         ET.SubElement(owner_el, f"{{{OWNER_NS}}}{field.name}").text = str(getattr(owner, field.name))
-    return metadata
+    return owner_el
+
+
+def owner_xml(owner: Owner) -> str:
+    """The ``<vmiso:owner>`` element alone, for replacing a defined domain's owner
+    (``virDomainSetMetadata``: the hand-over of a pool guest to an executor)."""
+    for field in fields(owner):
+        value = getattr(owner, field.name)
+        if isinstance(value, str) and _XML_INVALID.search(value):
+            raise InvalidTask(f"{field.name} contains control characters (such as NUL) that cannot be recorded")
+    return ET.tostring(_owner_element(owner), encoding="unicode")
 
 
 def _devices(spec: DomainSpec) -> ET.Element:
