@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from xml.sax.saxutils import escape
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional
@@ -122,11 +123,16 @@ def _owner_element(owner: Owner) -> ET.Element:
 def owner_xml(owner: Owner) -> str:
     """The ``<vmiso:owner>`` element alone, for replacing a defined domain's owner
     (``virDomainSetMetadata``: the hand-over of a pool guest to an executor)."""
+    # NOTE: libvirt declares the prefix on the element itself (and fails with "failed to create
+    # a new XML namespace" if the element already declares it), so the element is written in
+    # the default namespace: its children are then in the owner namespace too.
+    parts = []
     for field in fields(owner):
-        value = getattr(owner, field.name)
-        if isinstance(value, str) and _XML_INVALID.search(value):
+        value = str(getattr(owner, field.name))
+        if _XML_INVALID.search(value):
             raise InvalidTask(f"{field.name} contains control characters (such as NUL) that cannot be recorded")
-    return ET.tostring(_owner_element(owner), encoding="unicode")
+        parts.append(f"<{field.name}>{escape(value)}</{field.name}>")
+    return f'<owner xmlns="{OWNER_NS}">{"".join(parts)}</owner>'
 
 
 def _devices(spec: DomainSpec) -> ET.Element:

@@ -41,6 +41,7 @@ from .errors import VmIsolationError
 from .guest import Cancelled, GuestRequest, HeldGuest, ProgressFn, host_key_from_console
 from .ids import DomainName, domain_name_for
 from .journal import ResourceJournal
+from .ownership import Liveness, liveness
 from .poolwire import POOL_TASK_HINT, Offer, Shape
 from .sshkeys import CLIENT_KEY_NAME
 from .waiting import SYSTEM_CLOCK, Clock
@@ -76,6 +77,19 @@ class OwnerTable(Protocol):
 
 KeyHand = Callable[[Path, int, int], None]
 """Gives a guest's key directory (and key) to uid, gid."""
+
+
+def pool_lock_path(settings: Settings) -> Path:
+    """Held (flock) by the running pool, beside its socket; records its pid."""
+    return settings.pool.socket.parent / "pool.lock"
+
+
+def pool_status_path(settings: Settings) -> Path:
+    return settings.pool.socket.parent / "pool-status.json"
+
+
+def pool_running(settings: Settings) -> bool:
+    return liveness(pool_lock_path(settings)) is Liveness.ALIVE
 
 
 def chown_key_dir(directory: Path, uid: int, gid: int) -> None:

@@ -294,6 +294,7 @@ def _remove_domain(settings: Settings, hypervisor: DomainTable, leases: LeaseBoo
     _release_leases(settings.libvirt.network, leases, name, leftover.macs, report)
     _delete(_overlay_path(settings, name), report)
     _delete(_key_path(settings, name), report)
+    _delete(settings.vm.console_dir / f"{name}.console", report)  # a pool guest's (or vm-isolation-boot's)
 
 
 def _release_leases(network: str, leases: LeaseBook, name: str, macs: Iterable[str], report: ReapReport) -> None:
