@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from xml.sax.saxutils import escape
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional
+from xml.sax.saxutils import escape
 
 from .errors import InvalidTask
 
