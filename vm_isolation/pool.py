@@ -43,7 +43,6 @@ from .ids import DomainName, domain_name_for
 from .journal import ResourceJournal
 from .ownership import Liveness, liveness
 from .poolwire import POOL_TASK_HINT, Offer, Shape
-from .sshkeys import CLIENT_KEY_NAME
 from .waiting import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
@@ -98,8 +97,9 @@ def chown_key_dir(directory: Path, uid: int, gid: int) -> None:
     a guest it booted, and the private key never crosses the socket. No-op for root."""
     if uid == os.geteuid():
         return
-    for path in (directory / CLIENT_KEY_NAME, directory):
-        os.chown(path, uid, gid, follow_symlinks=False)
+    for entry in os.scandir(directory):  # the key (and nothing else the pool would put there)
+        os.chown(entry.path, uid, gid, follow_symlinks=False)
+    os.chown(directory, uid, gid, follow_symlinks=False)
 
 
 @dataclass

@@ -41,7 +41,7 @@ MAX_VCPUS = 64
 MAX_MEMORY_MIB = 1 << 20
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAC = re.compile(r"^52:54:00(:[0-9a-f]{2}){3}$")
-_KEY = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa) [A-Za-z0-9+/]{16,1024}={0,2}$")
+_KEY = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa) [A-Za-z0-9+/]{8,1024}={0,2}$")
 _CLIENT_ID = re.compile(r"^[0-9a-f:]{0,128}$")
 
 
@@ -68,7 +68,7 @@ class Shape:
 
 def checked_shape(image: object, vcpus: object, memory_mib: object) -> Shape:
     """A Shape from untrusted values; ProtocolError says which is wrong."""
-    if not isinstance(image, str) or not _IMAGE.match(image):
+    if not isinstance(image, str) or not _IMAGE.fullmatch(image):
         raise ProtocolError("image must be 1-64 characters of [A-Za-z0-9_.-]")
     for field, value, top in (("vcpus", vcpus, MAX_VCPUS), ("memory_mib", memory_mib, MAX_MEMORY_MIB)):
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
@@ -163,9 +163,10 @@ def parse_offer(message: Mapping[str, Any]) -> Offer:
         raise ProtocolError("expected an offer")
     _only(message, {"name", "mac", "ip", "expiry_time", "client_id", "host_key"})
     name, mac, ip = message.get("name"), message.get("mac"), message.get("ip")
-    if not isinstance(name, str) or not is_our_domain_name(name) or not name.startswith(POOL_NAME_PREFIX):
+    if (not isinstance(name, str) or not name.isprintable() or not is_our_domain_name(name)
+            or not name.startswith(POOL_NAME_PREFIX)):
         raise ProtocolError("name is not a pool guest's domain name")
-    if not isinstance(mac, str) or not _MAC.match(mac):
+    if not isinstance(mac, str) or not _MAC.fullmatch(mac):
         raise ProtocolError("mac is not a 52:54:00 MAC in lower case")
     try:
         address = ipaddress.IPv4Address(ip if isinstance(ip, str) else "")
@@ -175,10 +176,10 @@ def parse_offer(message: Mapping[str, Any]) -> Offer:
     if not isinstance(expiry, (int, float)) or isinstance(expiry, bool) or not math.isfinite(expiry):
         raise ProtocolError("expiry_time is not a number")
     client_id = message.get("client_id")
-    if not isinstance(client_id, str) or not _CLIENT_ID.match(client_id):
+    if not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
         raise ProtocolError("client_id is not a DHCP client id")
     host_key = message.get("host_key")
-    if not isinstance(host_key, str) or not _KEY.match(host_key):
+    if not isinstance(host_key, str) or not _KEY.fullmatch(host_key):
         raise ProtocolError("host_key must be an OpenSSH public key line ('ssh-ed25519 <base64>')")
     return Offer(DomainName(name), mac, str(address), float(expiry), client_id, host_key)
 
