@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import StorageError
+from .hostaccess import LIBVIRT_SOCKET
 from .pool import WarmPool
 from .poolwire import MAX_LINE, ProtocolError, decode, encode, parse_answer, parse_take
 
@@ -52,23 +53,34 @@ def read_line(conn: socket.socket, limit: int = MAX_LINE) -> bytes:
 class PoolServer:
     """Serves :class:`WarmPool` on a unix socket until ``stop`` is set."""
 
-    def __init__(self, pool: WarmPool, path: Path, *, handover_timeout_s: float) -> None:
+    def __init__(self, pool: WarmPool, path: Path, *, handover_timeout_s: float,
+                 libvirt_socket: Path = LIBVIRT_SOCKET) -> None:
         self.pool = pool
         self.path = path
+        self.libvirt_socket = libvirt_socket
         self.handover_timeout_s = handover_timeout_s
         self._listener: Optional[socket.socket] = None
         self._threads: list[threading.Thread] = []
 
     def bind(self) -> None:
-        """Create the socket (mode 0666: any local user running executors may take a guest,
-        and nothing else); a stale one is replaced (only the lock holder gets here)."""
+        """Create the socket; a stale one is replaced (only the lock holder gets here).
+
+        Who may connect is who may use libvirtd: the socket gets the group of libvirtd's own
+        socket and mode 0660 (those users could boot a guest themselves; the executor's user is
+        one of them, see hostaccess.py), or 0600 (root only) where that socket is absent. It is
+        made so before listen(), so no one connects earlier.
+        """
         try:
             self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(str(self.path))
-            os.chmod(self.path, 0o666)
+            try:
+                os.chown(self.path, -1, os.stat(self.libvirt_socket).st_gid)
+                os.chmod(self.path, 0o660)
+            except FileNotFoundError:
+                os.chmod(self.path, 0o600)
             listener.listen(16)
         except OSError as exc:
             raise StorageError(f"cannot listen on {self.path}: {exc.strerror or exc}") from None

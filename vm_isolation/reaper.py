@@ -72,6 +72,7 @@ class DomainTable(Protocol):
 
     def owned_domains(self) -> list[OwnedDomain]: ...
     def state(self, name: str) -> Optional[str]: ...
+    def owner_of(self, name: str) -> Optional[Owner]: ...
     def destroy(self, name: str) -> None: ...
     def undefine(self, name: str) -> None: ...
 
@@ -283,6 +284,12 @@ def _remove_domain(settings: Settings, hypervisor: DomainTable, leases: LeaseBoo
                    report: ReapReport) -> None:
     name = leftover.name
     try:
+        # Asked again right before destroying: a warm-pool guest may have been handed over to a
+        # live executor since the listing (its owner metadata switched), and is then not ours.
+        current = hypervisor.owner_of(name)
+        if current is not None and asdict(current) != leftover.owner:
+            report.kept.append(f"{name}: its owner changed since it was judged (now {_describe(current)})")
+            return
         hypervisor.destroy(name)
         hypervisor.undefine(name)
     except VmIsolationError as exc:

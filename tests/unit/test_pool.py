@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 import tempfile
 import threading
 from dataclasses import replace
@@ -266,3 +268,16 @@ def test_a_bad_request_gets_an_error_and_the_pool_keeps_its_guest(served: PoolWo
             conn.sendall(line)
             assert b'"op":"error"' in conn.recv(4096)
     assert [g["state"] for g in w.pool.status()["guests"]] == [SlotState.IDLE.value]
+
+
+def test_the_socket_is_for_libvirt_users_only(world: PoolWorld, tmp_path: Path) -> None:
+    """Group of libvirtd's socket, mode 0660; 0600 (root only) where there is no such socket."""
+    libvirt_socket = tmp_path / "libvirt-sock"
+    libvirt_socket.write_text("")
+    os.chown(libvirt_socket, -1, 4242)
+    for stand_in, mode, gid in ((libvirt_socket, 0o660, 4242), (tmp_path / "absent", 0o600, None)):
+        server = PoolServer(world.pool, world.settings.pool.socket, handover_timeout_s=1, libvirt_socket=stand_in)
+        server.bind()
+        info = os.stat(world.settings.pool.socket)
+        server.close()
+        assert stat.S_IMODE(info.st_mode) == mode and (gid is None or info.st_gid == gid)
