@@ -163,7 +163,7 @@ class WarmPool:
         while not self.stopping.is_set():
             for slot in self.due():
                 thread = threading.Thread(target=self.boot, args=(slot,), name=f"boot-{slot.name}", daemon=True)
-                self._boots.append(thread)
+                self._boots = [t for t in self._boots if t.is_alive()] + [thread]
                 thread.start()
             with self._lock:
                 self._lock.wait(TICK_S)
@@ -194,6 +194,8 @@ class WarmPool:
                 slot.state = SlotState.IDLE
                 self._failed_at.pop(slot.shape, None)
         if not keep:
+            if not host_key:
+                log.error("pool: %s announced no host key on its console; destroying it", slot.name)
             held.release()
             self._forget(slot)
             return

@@ -134,13 +134,14 @@ class PoolServer:
                 return
             slot, offer = taken
             log.info("pool: offering %s (%s) to pid %d uid %d", slot.name, shape, pid, uid)
+            took = False
             try:
                 conn.sendall(encode(offer.to_wire()))
                 conn.settimeout(self.handover_timeout_s)
                 took = parse_answer(decode(read_line(conn)))
             except (OSError, ProtocolError) as exc:
-                log.warning("pool: pid %d took no answer for %s (%s)", pid, slot.name, exc)
-                took = False
-            outcome = self.pool.settle(slot)
+                log.warning("pool: pid %d gave no answer for %s (%s)", pid, slot.name, exc)
+            finally:  # on every path: the owner metadata decides whose the guest is now
+                outcome = self.pool.settle(slot)
             if took and outcome != "handed":
                 log.error("pool: pid %d said it took %s but the domain's owner is not its: destroyed", pid, slot.name)

@@ -92,14 +92,13 @@ class WarmFactory:
             guest = stack.enter_context(self.launcher.adopt(handover.offer, request, on_owned=owned,
                                                             cancel=cancel, progress=progress))
         except Cancelled:
-            handover.close()
             raise
         except VmIsolationError as exc:
             log.warning("%s: taking the pool guest %s failed (%s); booting cold", request.name, name, exc)
-            handover.close()
             self._unmap(request.name)
             return None
-        handover.close()
+        finally:
+            handover.close()  # 'refused' unless 'taken' was said
         guest.timings["pool"] = 1.0
         guest.timings["handover"] = round(self._clock.monotonic() - started, 3)
         log.info("%s: took the pool guest %s in %.3f s", request.name, name, guest.timings["handover"])
