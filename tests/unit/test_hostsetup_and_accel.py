@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from vm_isolation.accel import resolve_domain_type
+from vm_isolation.config import Settings
 from vm_isolation.hostsetup import DNSMASQ_NS, tuned_network_xml
 
 STOCK = """<network>
@@ -47,3 +50,24 @@ def test_auto_falls_back_to_qemu_without_kvm_or_under_pvm(tmp_path: Path) -> Non
     assert resolve_domain_type("auto", dev_kvm=kvm, sys_module=tmp_path) == "kvm"
     (tmp_path / "kvm_pvm").mkdir()
     assert resolve_domain_type("auto", dev_kvm=kvm, sys_module=tmp_path) == "qemu"
+
+
+def test_host_set_up_starts_no_pool_unless_the_operator_enabled_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[pool] size = 0 (the default): ensure_pool starts and installs nothing."""
+    from vm_isolation import hostservices
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("nothing may be started or installed")
+
+    monkeypatch.setattr(hostservices.subprocess, "Popen", refuse)
+    monkeypatch.setattr(hostservices.subprocess, "run", refuse)
+    monkeypatch.setattr(hostservices, "_install_unit", refuse)
+    hostservices.ensure_pool(Settings())
+
+
+def test_the_pool_unit_names_the_venvs_pool_command() -> None:
+    """The unit template is shipped and filled in like the reaper's."""
+    from vm_isolation.hostservices import POOL_UNIT_NAME, unit_text
+
+    text = unit_text(Path("/opt/vmiso/venv/bin"), POOL_UNIT_NAME)
+    assert "ExecStart=/opt/vmiso/venv/bin/vm-isolation-pool serve" in text and "@BINDIR@" not in text
