@@ -281,3 +281,26 @@ def test_the_socket_is_for_libvirt_users_only(world: PoolWorld, tmp_path: Path) 
         info = os.stat(world.settings.pool.socket)
         server.close()
         assert stat.S_IMODE(info.st_mode) == mode and (gid is None or info.st_gid == gid)
+
+
+def test_a_kill_during_the_hand_over_cancels_it_and_the_pooled_guest_is_destroyed(served: PoolWorld) -> None:
+    """TaskSession.kill while the offer is in hand: the session ends killed before the start,
+    the executor never owned the guest, the pool destroys it; nothing is left."""
+    from tests.unit.test_session import Mode
+    from vm_isolation.session import SessionIO, TaskSession
+
+    w = served
+    (pooled,) = w.fill()
+    sessions: list[TaskSession] = []
+    factory = WarmFactory(w.launcher, PoolClient(w.settings.pool.socket, 5),
+                          on_offer=lambda handover: sessions[0].kill("killed during the hand-over", 0))
+    session = TaskSession(factory, w.request(), Mode(), SessionIO(out=lambda b: None, err=lambda b: None),
+                          upload_from=w.tmp, guest_sandbox="/mnt/mesos/sandbox", clock=FakeClock())
+    sessions.append(session)
+    result = session.run()
+    assert isinstance(result.error, Cancelled) and not result.started
+    assert result.kill_reason == "killed during the hand-over"
+    poll_until(lambda: True if w.pool.destroyed == 1 else None, Deadline.after(5), what="the pool to settle")
+    assert pooled not in w.hv.domains and w.hv.domains == {}
+    assert ("set_owner", pooled) not in w.hv.calls
+    assert read_journal(w.exec_journal.path).outstanding == []
