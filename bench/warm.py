@@ -85,9 +85,10 @@ def _one(ctx: BenchContext, agent: LocalAgent, section: Section, config: Path, s
     if timings.get("pool") != 1.0:
         section.fail(f"{task_id}: the task did not get a pooled guest (cold boot)")
         return
-    running = record_of(agent, task_id, RUNNING)
-    if running is not None:
-        section.add("to_running", running.received_at - t0)
+    for state in ("TASK_STARTING", RUNNING):
+        record = record_of(agent, task_id, state)
+        if record is not None:
+            section.add(f"to_{state.removeprefix('TASK_').lower()}", record.received_at - t0)
     for phase in ("handover", "adopt", "ssh", "upload", "total"):
         if phase in timings:
             section.add(f"phase.{phase}", float(timings[phase]))
