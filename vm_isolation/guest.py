@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Protocol, TypeVar
 
 from .config import Settings
+from .console import console_tail, error_on_console, host_key_from_console, ready_on_console
 from .domainxml import DomainSpec, InterfacePolicy, Owner, TrafficFilter
 from .errors import AddressTimeout, FirewallError, GuestDied, GuestError, SshUnavailable, VmIsolationError
 from .hosttypes import (
@@ -46,13 +47,9 @@ from .waiting import SYSTEM_CLOCK, Clock, Deadline, WaitTimeout, poll_until
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-HOSTKEY_MARKER = "VMISO-HOSTKEY"
-READY_MARKER = "VMISO-READY"
 READY_GRACE_S = 5.0
 """How long after the host key SSH waits for READY before trying anyway (an image that never
 prints it still works, only slower)."""
-ERROR_MARKER = "VMISO-ERROR"
-CONSOLE_TAIL_LINES = 25
 SSH_SLICE_S = 3.0
 
 
@@ -115,58 +112,6 @@ class Guest:
 
     def console_tail(self) -> str:
         return console_tail(self.console_log)
-
-
-def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
-    """The last lines of a console log, printable characters only ('' if unreadable)."""
-    try:
-        data = path.read_bytes()[-16384:]
-    except OSError:
-        return ""
-    text = data.decode("utf-8", "replace").replace("\r", "")
-    clean = "".join(ch for ch in text if ch == "\n" or ch.isprintable())
-    return "\n".join(clean.strip("\n").splitlines()[-lines:])
-
-
-def ready_on_console(path: Path) -> bool:
-    """True once the guest's init printed ``VMISO-READY`` (its address is configured). Until
-    then a SYN to the address the lease gave is dropped and TCP retries only after its 1 s
-    initial RTO: measured on 40-100 % of boots on the development hosts."""
-    try:
-        text = path.read_bytes().decode("utf-8", "replace")
-    except OSError:
-        return False
-    return any(line.strip() == READY_MARKER for line in text.splitlines())
-
-
-def error_on_console(path: Path) -> Optional[str]:
-    """What the guest's init reported with ``VMISO-ERROR <what>`` before powering off, if it did."""
-    try:
-        text = path.read_bytes().decode("utf-8", "replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        marker, _, what = line.strip().partition(" ")
-        if marker == ERROR_MARKER:
-            return what.strip() or "(no detail)"
-    return None
-
-
-def host_key_from_console(path: Path) -> Optional[str]:
-    """The first ``VMISO-HOSTKEY <type> <base64>`` the guest's init printed, as "type base64".
-
-    The first one is taken on purpose: init prints it before any task code can run, so a task
-    printing a fake line later cannot change which key we trust.
-    """
-    try:
-        text = path.read_bytes().decode("utf-8", "replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        parts = line.strip().split()
-        if len(parts) == 3 and parts[0] == HOSTKEY_MARKER:
-            return f"{parts[1]} {parts[2]}"
-    return None
 
 
 # --- the lifecycle -------------------------------------------------------------------------

@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 from .config import Settings
+from .console import host_key_from_console
 from .domainxml import Owner
 from .errors import VmIsolationError
-from .guest import Cancelled, GuestRequest, HeldGuest, ProgressFn, host_key_from_console
+from .guest import Cancelled, GuestRequest, HeldGuest, ProgressFn
 from .ids import DomainName, domain_name_for
 from .journal import ResourceJournal
 from .ownership import Liveness, liveness

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 from . import sandbox
+from .console import console_tail
 from .errors import VmIsolationError
-from .guest import Cancelled, Guest, GuestRequest, ProgressFn, console_tail
+from .guest import Cancelled, Guest, GuestRequest, ProgressFn
 from .launcher import LaunchSpec
 from .statuses import ExitStatus, RunResult
 from .taskrun import Sink, run_launcher, signal_task, watch_guest
