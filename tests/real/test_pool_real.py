@@ -214,3 +214,41 @@ def test_two_executors_racing_for_the_last_guest_one_gets_it_the_other_boots_col
     assert not [d for d in hypervisor.owned_domains() if d.name.startswith((name_prefix("race0"),
                                                                           name_prefix("race1")))]
     assert pool.stop() == 0
+
+
+CHILD = """
+import sys
+from pathlib import Path
+from tests.real.test_pool_real import Executor
+from vm_isolation.config import load_settings
+from vm_isolation.hypervisor import LibvirtHypervisor
+settings = load_settings(Path(sys.argv[1]))
+executor = Executor(settings, Path(sys.argv[2]), LibvirtHypervisor(settings.libvirt.uri))
+with executor.factory().boot(executor.request("diesafter")) as guest:
+    print("TAKEN", guest.name, guest.timings["pool"], flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_an_executor_sigkilled_right_after_taking_a_guest_leaves_it_to_the_reaper_once(
+        pool: PoolProcess, tmp_path: Path, hypervisor: LibvirtHypervisor) -> None:
+    """The executor owns the guest (metadata switched), then dies: the pool has forgotten it
+    (handed, not destroyed) and the reaper removes it, with its overlay, key and lease."""
+    pooled = pool.wait_idle()
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(pool.config), str(tmp_path / "sandbox")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=Path(__file__).parents[2])
+    assert child.stdout is not None
+    line = child.stdout.readline().decode().split()
+    assert line == ["TAKEN", pooled, "1.0"], line
+    poll_until(lambda: True if pool.status().get("handed") == 1 else None, Deadline.after(30),
+               what="the pool to forget the guest")
+    child.kill()
+    child.wait(30)
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.close()
+    child.stdout.close()
+    report = reap(pool.settings, hypervisor, Leases(hypervisor), orphan_files=False)
+    assert report.ok, report.errors
+    poll_until(lambda: True if hypervisor.state(pooled) is None else None, Deadline.after(30),
+               what=f"{pooled} to be reaped")  # by this reap or the host's watcher, whichever came first
+    assert pool.status().get("destroyed", 0) == 0
