@@ -526,6 +526,9 @@ class _Adopt(_Boot):
         if self.l._load_key is None:
             raise GuestError("this launcher cannot load an existing client key (no load_key given)",
                              phase=Phase.ADOPT.value)
+        # As for a boot: never run a task in a guest on a host that no longer enforces the policy.
+        self.net_info = self.l.hypervisor.require_active_network(self.network)
+        self._require_enforced_policy()
         self._timed(Phase.ADOPT, lambda: self._take_over(undo))
         key = self.l._load_key(self.key_dir)
         assert self.lease is not None

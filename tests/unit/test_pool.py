@@ -304,3 +304,17 @@ def test_a_kill_during_the_hand_over_cancels_it_and_the_pooled_guest_is_destroye
     assert pooled not in w.hv.domains and w.hv.domains == {}
     assert ("set_owner", pooled) not in w.hv.calls
     assert read_journal(w.exec_journal.path).outstanding == []
+
+
+def test_no_guest_is_adopted_on_a_host_that_stopped_enforcing_the_network_policy(world: PoolWorld) -> None:
+    """As a boot: FirewallError before anything is journaled or switched; the pool keeps it."""
+    from vm_isolation.errors import FirewallError
+
+    world.fill()
+    taken = world.pool.take(SHAPE, 0, 0)
+    assert taken is not None
+    world.launcher.firewall = FakeFirewall(missing=("the vmiso table",))
+    with pytest.raises(FirewallError), world.launcher.adopt(taken[1], world.request()):
+        pass
+    assert ("set_owner", taken[1].name) not in world.hv.calls
+    assert read_journal(world.exec_journal.path).outstanding == []
