@@ -2,7 +2,7 @@
 
     python -m bench [--reps 5] [--only floor,coldpath,...] [--out DIR] [--publish]
 
-Sections (default: all, in this order): floor, coldpath, concurrency, disk, discovery, kill,
+Sections (default: all, in this order): floor, coldpath, warm (the pool hit), concurrency, disk, discovery, kill,
 footprint. Results go to bench/results/<UTC time>/ (or --out); --publish also refreshes the
 committed bench/RESULTS.md and bench/RESULTS.png.
 """
@@ -22,10 +22,10 @@ from typing import Callable, Optional
 from vm_isolation.config import load_settings
 from vm_isolation.hypervisor import LibvirtHypervisor
 
-from . import coldpath, concurrency, discovery, disk, env, floor, footprint, kill, report, targets
+from . import coldpath, concurrency, discovery, disk, env, floor, footprint, kill, report, targets, warm
 from .common import BenchContext, Section, log, new_leftovers, snapshot_leftovers
 
-SECTIONS = ("floor", "coldpath", "concurrency", "disk", "discovery", "kill", "footprint")
+SECTIONS = ("floor", "coldpath", "warm", "concurrency", "disk", "discovery", "kill", "footprint")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -106,6 +106,7 @@ def _run_sections(ctx: BenchContext, args: argparse.Namespace, wanted: list[str]
     runners: dict[str, Callable[[], Section]] = {
         "floor": lambda: floor.run(ctx),
         "coldpath": lambda: coldpath.run(ctx),
+        "warm": lambda: warm.run(ctx),
         "concurrency": lambda: concurrency.run(ctx, args.concurrency, modes, args.concurrency_reps),
         "disk": lambda: disk.run(args.sizes, ctx.reps),
         "discovery": lambda: discovery.run(ctx),

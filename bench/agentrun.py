@@ -15,10 +15,10 @@ from .common import BENCH_PREFIX, TASK_MEM_MIB, now
 RUNNING = "TASK_RUNNING"
 
 
-def executor_command() -> dict[str, Any]:
+def executor_command(config: Optional[Path] = None) -> dict[str, Any]:
     script = Path(sys.executable).parent / "vm-isolation-executor"
     argv = [str(script)] if script.exists() else [sys.executable, "-m", "vm_isolation.cli.executor"]
-    argv += ["--config", str(conf_path(None))]
+    argv += ["--config", str(config or conf_path(None))]
     # No linger: these executors get no task after their last (the linger has its own test).
     return {"value": argv[0], "shell": False, "arguments": argv, "environment": {"variables": [
         {"name": "VM_ISOLATION_EXECUTOR_LINGER_S", "value": "0"}]}}

@@ -13,6 +13,8 @@ OVERLAY_FLAT_TOLERANCE_S = 0.05
 ADDRESS_TARGET_S = 0.1
 KILL_SLACK_S = 0.5
 EXECUTOR_RSS_TARGET_MIB = 60.0
+WARM_RUNNING_TARGET_S = 0.3
+IDLE_GUEST_RSS_TARGET_MIB = 150.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ def headline(sections: dict[str, Section]) -> dict[str, Any]:
         out["overhead_ratio"] = round(cold / floor, 3)
     if floor_started and cold_running:
         out["running_overhead_s"] = round(cold_running - floor_started, 3)
+    warm_running = median_or_none(_samples(sections, "warm", "to_running"))
+    if warm_running is not None:
+        out["warm_running_median_s"] = warm_running
+        out["idle_pool_guest_rss_median_mib"] = median_or_none(_samples(sections, "warm", "idle_guest_qemu_rss"))
     conc = sections.get("concurrency")
     if conc:
         for key, values in conc.samples.items():
@@ -53,7 +59,27 @@ def headline(sections: dict[str, Section]) -> dict[str, Any]:
 
 def evaluate(sections: dict[str, Section], grace_s: float) -> list[Target]:
     return [_overhead(sections), _overlay(sections), _address(sections), _kill(sections, grace_s),
-            _rss(sections)]
+            _rss(sections), _warm(sections), _idle_rss(sections)]
+
+
+def _warm(sections: dict[str, Section]) -> Target:
+    name, target = "warm (pool hit) LAUNCH -> TASK_RUNNING", f"<= {WARM_RUNNING_TARGET_S} s (median)"
+    warm = median_or_none(_samples(sections, "warm", "to_running"))
+    if warm is None:
+        return Target(name, target, "not measured", None)
+    cold = median_or_none(_samples(sections, "coldpath", "to_running"))
+    handover = median_or_none(_samples(sections, "warm", "phase.handover"))
+    note = (f"hand-over (ask the pool -> SSH up) median {handover or 0:.3f} s; the rest is the executor's start, "
+            f"SUBSCRIBE, LAUNCH and upload" + (f"; cold path in this run {cold:.2f} s" if cold else ""))
+    return Target(name, target, f"{warm:.2f} s", warm <= WARM_RUNNING_TARGET_S, note)
+
+
+def _idle_rss(sections: dict[str, Section]) -> Target:
+    name, target = "idle pool guest qemu RSS", f"<= {IDLE_GUEST_RSS_TARGET_MIB:.0f} MiB (median)"
+    rss = median_or_none(_samples(sections, "warm", "idle_guest_qemu_rss"))
+    if rss is None:
+        return Target(name, target, "not measured", None)
+    return Target(name, target, f"{rss:.0f} MiB", rss <= IDLE_GUEST_RSS_TARGET_MIB)
 
 
 def _overhead(sections: dict[str, Section]) -> Target:

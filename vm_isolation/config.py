@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from .errors import ConfigError
+from .poolwire import Shape, parse_shapes
 
 DEFAULT_CONF_PATH = Path("/etc/vm-isolation/mesos.conf")
 CONF_ENV = "VM_ISOLATION_CONF"
@@ -118,12 +119,42 @@ class NetworkSettings:
 
 
 @dataclass(frozen=True)
+class PoolSettings:
+    size: int = 0
+    """The most guests the warm pool keeps booted and idle; 0: no pool (executors cold-boot)."""
+    shapes: tuple[tuple[Shape, int], ...] = ()
+    """What to keep idle, each with its count (``[pool] shapes = busybox:1:128*2``); empty: ``size``
+    guests of the default image, 1 vCPU, ``[vm] default_memory_mib``."""
+    max_concurrent_boots: int = 1
+    """How many refills may boot at once (each burns CPU that running tasks would use)."""
+    socket: Path = Path("/run/vm-isolation/pool.sock")
+    """The pool's unix socket; its lock and status files live beside it."""
+    state_dir: Path = Path("/var/lib/vm-isolation/pool")
+    """Where the pool keeps its journal (``.vm-isolation/journal.jsonl``, as an executor's sandbox)."""
+    take_timeout_s: float = 2.0
+    """How long an executor waits for the pool's answer before it boots cold."""
+    handover_timeout_s: float = 15.0
+    """How long the pool waits for an executor to take an offered guest before destroying it."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0
+
+    def wanted(self, default_image: str, default_memory_mib: int) -> dict[Shape, int]:
+        """How many idle guests of each shape the pool keeps."""
+        if not self.enabled:
+            return {}
+        return dict(self.shapes) or {Shape(default_image, 1, default_memory_mib): self.size}
+
+
+@dataclass(frozen=True)
 class Settings:
     libvirt: LibvirtSettings = LibvirtSettings()
     images: ImageSettings = ImageSettings()
     vm: VmSettings = VmSettings()
     executor: ExecutorSettings = ExecutorSettings()
     network: NetworkSettings = NetworkSettings()
+    pool: PoolSettings = PoolSettings()
     source: Optional[Path] = None
     """The file these settings were read from, for messages."""
 
@@ -131,7 +162,8 @@ class Settings:
 # --- parsing --------------------------------------------------------------------------------
 
 _INT_KEYS = {"memory_floor_mib", "default_memory_mib", "max_memory_mib", "max_vcpus"}
-_FLOAT_KEYS = {"boot_timeout_s", "ssh_timeout_s", "kill_grace_s", "ack_timeout_s", "linger_s", "wrap_boot_budget_s"}
+_FLOAT_KEYS = {"boot_timeout_s", "ssh_timeout_s", "kill_grace_s", "ack_timeout_s", "linger_s", "wrap_boot_budget_s",
+               "take_timeout_s", "handover_timeout_s"}
 _BOOL_KEYS = {"wrap_copy_back"}
 _PATH_KEYS = {"overlay_dir", "key_dir", "console_dir", "owner_dir"}
 _CIDR_LIST_KEYS = {"allow"}
@@ -141,6 +173,7 @@ _SECTIONS = {
     "vm": VmSettings,
     "executor": ExecutorSettings,
     "network": NetworkSettings,
+    "pool": None,  # handled by _pool
 }
 
 
@@ -183,8 +216,41 @@ def settings_from_parser(parser: configparser.ConfigParser, source: Optional[Pat
         vm=_section(parser, "vm", VmSettings, source),
         executor=_section(parser, "executor", ExecutorSettings, source),
         network=_section(parser, "network", NetworkSettings, source),
+        pool=_pool(parser, source),
         source=source,
     )
+
+
+def _pool(parser: configparser.ConfigParser, source: Optional[Path]) -> PoolSettings:
+    section = dict(parser.items("pool")) if parser.has_section("pool") else {}
+    known = set(PoolSettings.__dataclass_fields__)
+    unknown = set(section) - known
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) in [pool]: {', '.join(sorted(unknown))}; "
+                          f"known keys: {', '.join(sorted(known))}")
+    values: dict[str, object] = {}
+    for key, raw in section.items():
+        where = f"{source}: [pool] {key} = {raw.strip()!r}"
+        if key in ("size", "max_concurrent_boots"):
+            try:
+                number = int(raw)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a whole number") from None
+            if number < (0 if key == "size" else 1) or number > 64:
+                raise ConfigError(f"{where}: must be from {0 if key == 'size' else 1} to 64")
+            values[key] = number
+        elif key == "shapes":
+            values[key] = tuple(parse_shapes(raw, f"{source}: [pool] shapes").items())
+        elif key in ("socket", "state_dir"):
+            values[key] = Path(raw.strip())
+        else:
+            values[key] = _convert("pool", key, raw, source)
+    pool = PoolSettings(**values)  # type: ignore[arg-type]
+    total = sum(count for _, count in pool.shapes)
+    if pool.enabled and total > pool.size:
+        raise ConfigError(f"{source}: [pool] shapes keep {total} guests but size = {pool.size}: "
+                          "raise size or lower the counts")
+    return pool
 
 
 def _apply_environment(parser: configparser.ConfigParser, environ: Mapping[str, str]) -> None:

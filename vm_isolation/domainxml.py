@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional
+from xml.sax.saxutils import escape
 
 from .errors import InvalidTask
 
@@ -106,12 +107,32 @@ def render(spec: DomainSpec) -> str:
 
 def _metadata(owner: Owner) -> ET.Element:
     metadata = ET.Element("metadata")
+    metadata.append(_owner_element(owner))
+    return metadata
+
+
+def _owner_element(owner: Owner) -> ET.Element:
     # libvirt keeps the element's namespace prefix as written; register it for readable XML.
     ET.register_namespace(OWNER_PREFIX, OWNER_NS)
-    owner_el = ET.SubElement(metadata, f"{{{OWNER_NS}}}owner")
+    owner_el = ET.Element(f"{{{OWNER_NS}}}owner")
     for field in fields(owner):
         ET.SubElement(owner_el, f"{{{OWNER_NS}}}{field.name}").text = str(getattr(owner, field.name))
-    return metadata
+    return owner_el
+
+
+def owner_xml(owner: Owner) -> str:
+    """The ``<vmiso:owner>`` element alone, for replacing a defined domain's owner
+    (``virDomainSetMetadata``: the hand-over of a pool guest to an executor)."""
+    # NOTE: libvirt declares the prefix on the element itself (and fails with "failed to create
+    # a new XML namespace" if the element already declares it), so the element is written in
+    # the default namespace: its children are then in the owner namespace too.
+    parts = []
+    for field in fields(owner):
+        value = str(getattr(owner, field.name))
+        if _XML_INVALID.search(value):
+            raise InvalidTask(f"{field.name} contains control characters (such as NUL) that cannot be recorded")
+        parts.append(f"<{field.name}>{escape(value)}</{field.name}>")
+    return f'<owner xmlns="{OWNER_NS}">{"".join(parts)}</owner>'
 
 
 def _devices(spec: DomainSpec) -> ET.Element:

@@ -24,10 +24,9 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 from .config import MesosEnvironment, Settings
 from .domainxml import Owner
 from .errors import InvalidTask
-from .guest import GuestLauncher
 from .journal import NO_JOURNAL, ResourceJournal
 from .mesos_values import Subscribed
-from .session import DESTROY_AFTER_SIGKILL_S
+from .session import DESTROY_AFTER_SIGKILL_S, GuestFactory
 from .statuses import Reason, TaskState
 from .tasks import parse_task, task_id_of
 from .taskworker import StatusSink, TaskWorker, WorkerContext
@@ -45,7 +44,7 @@ class AgentLink(StatusSink, Protocol):
 class Executor:
     """Implements the binding's event callbacks (see vm_isolation.mesos.ExecutorEvents)."""
 
-    def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher,
+    def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestFactory,
                  *, mirror_stdout: Optional[Callable[[bytes], None]] = None,
                  mirror_stderr: Optional[Callable[[bytes], None]] = None,
                  journal: ResourceJournal = NO_JOURNAL, owner: Optional[Owner] = None,

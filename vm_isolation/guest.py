@@ -24,9 +24,10 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional, TypeVar
+from typing import Callable, Iterator, Optional, Protocol, TypeVar
 
 from .config import Settings
+from .console import console_tail, error_on_console, host_key_from_console, ready_on_console
 from .domainxml import DomainSpec, InterfacePolicy, Owner, TrafficFilter
 from .errors import AddressTimeout, FirewallError, GuestDied, GuestError, SshUnavailable, VmIsolationError
 from .hosttypes import (
@@ -46,13 +47,9 @@ from .waiting import SYSTEM_CLOCK, Clock, Deadline, WaitTimeout, poll_until
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-HOSTKEY_MARKER = "VMISO-HOSTKEY"
-READY_MARKER = "VMISO-READY"
 READY_GRACE_S = 5.0
 """How long after the host key SSH waits for READY before trying anyway (an image that never
 prints it still works, only slower)."""
-ERROR_MARKER = "VMISO-ERROR"
-CONSOLE_TAIL_LINES = 25
 SSH_SLICE_S = 3.0
 
 
@@ -64,6 +61,8 @@ class Phase(enum.StrEnum):
     START = "start"
     LEASE = "lease"
     SSH = "ssh"
+    ADOPT = "adopt"
+    """A pool guest taken over (:meth:`GuestLauncher.adopt`): journaled, its owner changed."""
 
 
 class Cancelled(VmIsolationError):
@@ -73,6 +72,8 @@ class Cancelled(VmIsolationError):
 # --- the boundaries this module is written against -------------------------------------------
 
 KeyFactory = Callable[[Path], ClientKeyLike]
+KeyLoader = Callable[[Path], ClientKeyLike]
+"""Loads the client key a key directory already holds (an adopted guest's)."""
 Connector = Callable[..., RemoteSession]
 
 
@@ -89,6 +90,8 @@ class GuestRequest:
     """Where to keep the serial console; None: the console dir, removed at teardown."""
     journal: ResourceJournal = NO_JOURNAL
     """Where each resource is recorded before it is created (the executor's sandbox journal)."""
+    image: str = ""
+    """The base image's configured name (what a warm-pool guest's shape is matched on)."""
 
 
 @dataclass
@@ -109,58 +112,6 @@ class Guest:
 
     def console_tail(self) -> str:
         return console_tail(self.console_log)
-
-
-def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
-    """The last lines of a console log, printable characters only ('' if unreadable)."""
-    try:
-        data = path.read_bytes()[-16384:]
-    except OSError:
-        return ""
-    text = data.decode("utf-8", "replace").replace("\r", "")
-    clean = "".join(ch for ch in text if ch == "\n" or ch.isprintable())
-    return "\n".join(clean.strip("\n").splitlines()[-lines:])
-
-
-def ready_on_console(path: Path) -> bool:
-    """True once the guest's init printed ``VMISO-READY`` (its address is configured). Until
-    then a SYN to the address the lease gave is dropped and TCP retries only after its 1 s
-    initial RTO: measured on 40-100 % of boots on the development hosts."""
-    try:
-        text = path.read_bytes().decode("utf-8", "replace")
-    except OSError:
-        return False
-    return any(line.strip() == READY_MARKER for line in text.splitlines())
-
-
-def error_on_console(path: Path) -> Optional[str]:
-    """What the guest's init reported with ``VMISO-ERROR <what>`` before powering off, if it did."""
-    try:
-        text = path.read_bytes().decode("utf-8", "replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        marker, _, what = line.strip().partition(" ")
-        if marker == ERROR_MARKER:
-            return what.strip() or "(no detail)"
-    return None
-
-
-def host_key_from_console(path: Path) -> Optional[str]:
-    """The first ``VMISO-HOSTKEY <type> <base64>`` the guest's init printed, as "type base64".
-
-    The first one is taken on purpose: init prints it before any task code can run, so a task
-    printing a fake line later cannot change which key we trust.
-    """
-    try:
-        text = path.read_bytes().decode("utf-8", "replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        parts = line.strip().split()
-        if len(parts) == 3 and parts[0] == HOSTKEY_MARKER:
-            return f"{parts[1]} {parts[2]}"
-    return None
 
 
 # --- the lifecycle -------------------------------------------------------------------------
@@ -184,6 +135,7 @@ class GuestLauncher:
         disks: Disks,
         clock: Clock = SYSTEM_CLOCK,
         wallclock: Callable[[], float] = time.time,
+        load_key: Optional[KeyLoader] = None,
     ) -> None:
         self.settings = settings
         self.hypervisor = hypervisor
@@ -195,6 +147,7 @@ class GuestLauncher:
         self._disks = disks
         self._clock = clock
         self._wallclock = wallclock
+        self._load_key = load_key
 
     @contextmanager
     def boot(
@@ -205,9 +158,49 @@ class GuestLauncher:
         progress: ProgressFn = lambda phase, seconds: None,
     ) -> Iterator[Guest]:
         """Boot ``request``'s guest; on leaving the block (any way) everything is removed."""
+        held = self.hold(request, cancel=cancel, progress=progress)
+        try:
+            yield held.guest
+        finally:
+            held.release()
+
+    def hold(self, request: GuestRequest, *, cancel: Optional[threading.Event] = None,
+             progress: ProgressFn = lambda phase, seconds: None) -> HeldGuest:
+        """Boot ``request``'s guest and keep it until :meth:`HeldGuest.release` (teardown, as
+        :meth:`boot`'s block ends) or :meth:`HeldGuest.disown` (its resources now belong to
+        someone else: the warm pool's hand-over). A failed boot has removed everything."""
         boot = _Boot(self, request, cancel or threading.Event(), progress)
+        undo = ExitStack()
+        try:
+            guest = boot.run(undo)
+        except BaseException:
+            undo.close()
+            raise
+        return HeldGuest(guest, undo, request.journal)
+
+    @contextmanager
+    def adopt(
+        self,
+        offer: Adoptable,
+        request: GuestRequest,
+        *,
+        on_owned: Callable[[], None] = lambda: None,
+        cancel: Optional[threading.Event] = None,
+        progress: ProgressFn = lambda phase, seconds: None,
+    ) -> Iterator[Guest]:
+        """Take over a guest another owner booted (a pool guest), then own it as if booted here.
+
+        ``request`` carries the new owner and journal (its name, image and shape are ignored:
+        the guest's are ``offer``'s). Every resource is journaled first; then the domain's
+        owner metadata is switched to ``request.owner``, and only from that moment is the
+        teardown armed, the same chain :meth:`boot` registers (so a failed switch tears down
+        nothing: the guest is still its old owner's). ``on_owned`` runs right after the switch
+        (the pool is told). On leaving the block everything is removed, exactly as after a boot.
+        Raises what a boot raises; :class:`GuestDied` if the guest is gone before the switch.
+        """
+        adoption = _Adopt(self, offer, request, cancel or threading.Event(), progress, on_owned)
         with ExitStack() as undo:
-            yield boot.run(undo)
+            yield adoption.run(undo)
 
     def domain_state(self, name: str) -> Optional[str]:
         """The state of a guest's domain ("running", ...; None once it is gone)."""
@@ -217,6 +210,47 @@ class GuestLauncher:
         """Pull the plug on a guest, from any thread: a boot or session in progress ends at its
         next step, and the :meth:`boot` block that owns the guest still removes everything."""
         self.hypervisor.destroy(name)
+
+
+class Adoptable(Protocol):
+    """What :meth:`GuestLauncher.adopt` needs of a guest offered to it (poolwire.Offer has it)."""
+
+    @property
+    def name(self) -> DomainName: ...
+    @property
+    def mac(self) -> str: ...
+    @property
+    def ip(self) -> str: ...
+    @property
+    def expiry_time(self) -> float: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def host_key(self) -> str: ...
+
+
+class HeldGuest:
+    """A booted guest and the teardown that removes it (see :meth:`GuestLauncher.hold`)."""
+
+    KINDS = ("overlay", "key_dir", "domain", "lease")
+
+    def __init__(self, guest: Guest, undo: ExitStack, journal: ResourceJournal) -> None:
+        self.guest = guest
+        self._undo = undo
+        self._journal = journal
+
+    def release(self) -> None:
+        """Tear the guest down (reverse order, every step journaled); idempotent."""
+        self._undo.close()
+
+    def disown(self) -> None:
+        """Forget the guest without removing it: it belongs to someone else now. Its SSH
+        session is closed; each resource is journaled as no longer ours."""
+        with contextlib.suppress(VmIsolationError, OSError):
+            self.guest.remote.close()
+        self._undo.pop_all()
+        for kind in self.KINDS:
+            self._journal.removed(kind, self.guest.name)
 
 
 class _Boot:
@@ -288,17 +322,43 @@ class _Boot:
 
     def _overlay(self, undo: ExitStack) -> None:
         self._record("overlay", path=str(self.overlay_path))
-        self._on_undo(undo, "overlay", lambda: self.l._disks.remove(self.overlay_path))
+        self._undo_overlay(undo)
         self.l._disks.create(self.req.base_image, self.overlay_path)
 
     def _key(self, undo: ExitStack) -> ClientKeyLike:
         self._record("key_dir", path=str(self.key_dir))
-        self._on_undo(undo, "key_dir", self._remove_key_dir)
+        self._undo_key_dir(undo)
         return self.l._make_key(self.key_dir)
 
-    def _define(self, undo: ExitStack, key: ClientKeyLike) -> None:
+    # The undo of each resource, shared by a boot and an adoption (one teardown chain).
+    def _undo_overlay(self, undo: ExitStack) -> None:
+        self._on_undo(undo, "overlay", lambda: self.l._disks.remove(self.overlay_path))
+
+    def _undo_key_dir(self, undo: ExitStack) -> None:
+        self._on_undo(undo, "key_dir", self._remove_key_dir)
+
+    def _undo_console(self, undo: ExitStack) -> None:
         if self.req.console_log is None:
-            undo.callback(self.console_log.unlink, missing_ok=True)
+            undo.callback(self._remove_console_log)
+
+    def _undo_domain(self, undo: ExitStack) -> None:
+        self._on_undo(undo, "domain", lambda: self.l.hypervisor.undefine(self.req.name))
+
+    def _undo_lease(self, undo: ExitStack) -> None:
+        # Registered before the guest runs, so it runs after destroy: a dead guest cannot renew it.
+        self._on_undo(undo, "lease", self._release_lease)
+
+    def _undo_running(self, undo: ExitStack) -> None:
+        undo.callback(self.l.hypervisor.destroy, self.req.name)
+
+    def _remove_console_log(self) -> None:
+        try:
+            self.console_log.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("%s: could not remove its console log %s: %s", self.req.name, self.console_log, exc)
+
+    def _define(self, undo: ExitStack, key: ClientKeyLike) -> None:
+        self._undo_console(undo)
         self._create_console_log()
         spec = DomainSpec(
             name=self.req.name,
@@ -317,10 +377,9 @@ class _Boot:
         )
         self._record("domain")
         self.l.hypervisor.define(spec)
-        self._on_undo(undo, "domain", lambda: self.l.hypervisor.undefine(self.req.name))
-        # Registered before start, so it runs after destroy: a dead guest cannot renew it.
+        self._undo_domain(undo)
         self._record("lease", mac=self.mac, network=self.network)
-        self._on_undo(undo, "lease", self._release_lease)
+        self._undo_lease(undo)
 
     def _create_console_log(self) -> None:
         """Create the console log ourselves, readable by all (it holds the guest's public host
@@ -370,7 +429,7 @@ class _Boot:
         return frozenset(lease.key for lease in self.l.leases.all_for(self.network, self.mac))
 
     def _start(self, undo: ExitStack) -> None:
-        undo.callback(self.l.hypervisor.destroy, self.req.name)
+        self._undo_running(undo)
         self.l.hypervisor.start(self.req.name)
 
     def _wait_lease(self, stale: frozenset[tuple[str, float]]) -> Lease:
@@ -449,3 +508,74 @@ class _Boot:
         if lease is not None:
             self.l.leases.release(self.network, lease)
 
+
+
+class _Adopt(_Boot):
+    """The take-over of a guest someone else booted: journal, switch owner, arm teardown, SSH."""
+
+    def __init__(self, launcher: GuestLauncher, offer: Adoptable, request: GuestRequest, cancel: threading.Event,
+                 progress: ProgressFn, on_owned: Callable[[], None]) -> None:
+        super().__init__(launcher, replace(request, name=offer.name, console_log=None), cancel, progress)
+        self.offer = offer
+        self.on_owned = on_owned
+        self.mac = offer.mac
+        self.lease = Lease(offer.mac, offer.ip, offer.name, offer.expiry_time, offer.client_id, "pool")
+        self.phase = Phase.ADOPT
+
+    def run(self, undo: ExitStack) -> Guest:
+        if self.l._load_key is None:
+            raise GuestError("this launcher cannot load an existing client key (no load_key given)",
+                             phase=Phase.ADOPT.value)
+        # As for a boot: never run a task in a guest on a host that no longer enforces the policy.
+        self.net_info = self.l.hypervisor.require_active_network(self.network)
+        self._require_enforced_policy()
+        self._timed(Phase.ADOPT, lambda: self._take_over(undo))
+        key = self.l._load_key(self.key_dir)
+        assert self.lease is not None
+        lease = self.lease
+        remote = self._timed(Phase.SSH, lambda: self._adopted_ssh(lease.ip, key))
+        undo.callback(remote.close)
+        return Guest(self.req.name, self.mac, lease, remote, self.console_log, self.timings, self.req.journal)
+
+    def _take_over(self, undo: ExitStack) -> None:
+        # Journaled before the switch: from the switch on, a reaper may judge the guest by this
+        # executor's liveness and must find everything it would have to remove.
+        self._record("overlay", path=str(self.overlay_path))
+        self._record("key_dir", path=str(self.key_dir))
+        self._record("domain")
+        self._record("lease", mac=self.mac, network=self.network)
+        try:
+            self._check_cancel()
+            self._switch_owner()
+        except BaseException:
+            for kind in HeldGuest.KINDS:  # never ours: its old owner (or the reaper) removes it
+                self.req.journal.removed(kind, self.req.name)
+            raise
+        self._undo_overlay(undo)
+        self._undo_key_dir(undo)
+        self._undo_console(undo)
+        self._undo_domain(undo)
+        self._undo_lease(undo)
+        self._undo_running(undo)
+        self.on_owned()
+
+    def _switch_owner(self) -> None:
+        owner = replace(self.req.owner, created_at=self.l._wallclock())
+        if self.l.hypervisor.state(self.req.name) != "running":
+            raise GuestDied(f"the pool guest {self.req.name} is gone or stopped before the hand-over",
+                            phase=Phase.ADOPT.value)
+        try:
+            self.l.hypervisor.set_owner(self.req.name, owner)
+        except VmIsolationError:
+            # The call may have failed after libvirt applied it: then the guest is ours after all.
+            if self.l.hypervisor.owner_of(self.req.name) != owner:
+                raise
+            log.warning("%s: setting the owner reported an error but took effect", self.req.name)
+
+    def _adopted_ssh(self, ip: str, key: ClientKeyLike) -> RemoteSession:
+        deadline = Deadline.after(self.vm.ssh_timeout_s, self.l._clock)
+        try:
+            return self._connect_in_slices(ip, self.offer.host_key, key, deadline)
+        except GuestError as exc:
+            exc.console_tail = exc.console_tail or console_tail(self.console_log)
+            raise

@@ -1,4 +1,5 @@
-"""The host's own services: today the reaper watcher (``vm-isolation-reap --watch``).
+"""The host's own services: the reaper watcher (``vm-isolation-reap --watch``) and, only when
+``[pool] size`` is above 0, the warm pool (``vm-isolation-pool serve``).
 
 With systemd as PID 1 the unit ``conf/systemd/vm-isolation-reaper.service`` is installed (its
 ``@BINDIR@`` set to this virtualenv's ``bin/``), enabled and started. Without it (containers,
@@ -18,15 +19,23 @@ import sys
 from pathlib import Path
 
 from .config import Settings
+from .pool import pool_running
 from .reaperwatch import reaper_watch_running, watcher_record
 from .waiting import Deadline, poll_until
 
 log = logging.getLogger(__name__)
 
 UNIT_NAME = "vm-isolation-reaper.service"
-# A checkout's conf/systemd/, or where setup.cfg's data_files put it in an installed package.
-UNIT_TEMPLATES = (Path(__file__).resolve().parent.parent / "conf" / "systemd" / UNIT_NAME,
-                  Path(sys.prefix) / "share" / "vm-isolation" / UNIT_NAME)
+POOL_UNIT_NAME = "vm-isolation-pool.service"
+
+
+def unit_templates(unit: str) -> tuple[Path, Path]:
+    """A checkout's conf/systemd/, or where setup.cfg's data_files put it in an installed package."""
+    return (Path(__file__).resolve().parent.parent / "conf" / "systemd" / unit,
+            Path(sys.prefix) / "share" / "vm-isolation" / unit)
+
+
+UNIT_TEMPLATES = unit_templates(UNIT_NAME)
 SYSTEMD_DIR = Path("/etc/systemd/system")
 START_TIMEOUT_S = 15.0
 
@@ -36,9 +45,32 @@ def reap_command() -> Path:
     return Path(sys.executable).parent / "vm-isolation-reap"
 
 
-def unit_text(bindir: Path) -> str:
-    template = next((t for t in UNIT_TEMPLATES if t.is_file()), UNIT_TEMPLATES[0])
+def unit_text(bindir: Path, unit: str = UNIT_NAME) -> str:
+    templates = unit_templates(unit)
+    template = next((t for t in templates if t.is_file()), templates[0])
     return template.read_text().replace("@BINDIR@", str(bindir))
+
+
+def ensure_pool(settings: Settings) -> None:
+    """With ``[pool] size`` above 0, make sure the warm pool runs (started like the watcher);
+    with 0 nothing is installed or started. Raises WaitTimeout if it does not come up."""
+    if not settings.pool.enabled:
+        return
+    exe = Path(sys.executable).parent / "vm-isolation-pool"
+    if Path("/run/systemd/system").is_dir():
+        _install_unit(exe.parent, POOL_UNIT_NAME)
+        return
+    if pool_running(settings):
+        log.info("warm pool: running")
+        return
+    log_path = settings.vm.console_dir / "pool.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        subprocess.Popen([str(exe), "serve"] + ([f"--config={settings.source}"] if settings.source else []),
+                         stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True)
+    poll_until(lambda: True if pool_running(settings) else None, Deadline.after(START_TIMEOUT_S),
+               interval_s=0.1, what=f"vm-isolation-pool serve to start (see {log_path})")
+    log.info("warm pool: started, logging to %s", log_path)
 
 
 def ensure_reaper_watch(settings: Settings) -> None:
@@ -75,14 +107,14 @@ def _stop_other(settings: Settings, running: dict[str, object]) -> None:
                interval_s=0.1, what=f"the old watcher (pid {pid}) to stop")
 
 
-def _install_unit(bindir: Path) -> None:
-    target = SYSTEMD_DIR / UNIT_NAME
-    text = unit_text(bindir)
+def _install_unit(bindir: Path, unit: str = UNIT_NAME) -> None:
+    target = SYSTEMD_DIR / unit
+    text = unit_text(bindir, unit)
     changed = not target.exists() or target.read_text() != text
     if changed:
         target.write_text(text)
         subprocess.run(["systemctl", "daemon-reload"], check=True)
-        log.info("reaper watcher: installed %s", target)
-    subprocess.run(["systemctl", "enable", "--now", UNIT_NAME], check=True)
+        log.info("installed %s", target)
+    subprocess.run(["systemctl", "enable", "--now", unit], check=True)
     if changed:
-        subprocess.run(["systemctl", "restart", UNIT_NAME], check=True)
+        subprocess.run(["systemctl", "restart", unit], check=True)

@@ -30,7 +30,7 @@ from . import hostfirewall
 from .accel import resolve_domain_type
 from .config import Settings, load_settings
 from .errors import FirewallError, NotFound, VmIsolationError
-from .hostservices import ensure_reaper_watch
+from .hostservices import ensure_pool, ensure_reaper_watch
 from .waiting import WaitTimeout
 
 if TYPE_CHECKING:  # the adapter is built by wiring, in main(): tuned_network_xml stays libvirt-free
@@ -136,6 +136,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                  resolve_domain_type(settings.libvirt.domain_type), settings.libvirt.domain_type)
         problems = check_images(settings)
         ensure_reaper_watch(settings)
+        ensure_pool(settings)
     except (VmIsolationError, WaitTimeout) as exc:
         log.error("%s", exc)
         return 1

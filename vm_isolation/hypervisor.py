@@ -163,6 +163,27 @@ class LibvirtHypervisor:
         with suppress(NotFound):
             self._call(f"undefine {name}", lambda c: c.lookupByName(name).undefine())
 
+    def set_owner(self, name: str, owner: domainxml.Owner) -> None:
+        """Replace the domain's owner metadata, live and in its persistent definition (how a
+        pool guest changes hands); NotFound if no such domain."""
+        xml = domainxml.owner_xml(owner)
+
+        def set_owner(conn: libvirt.virConnect) -> None:
+            dom = conn.lookupByName(name)
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, domainxml.OWNER_PREFIX,
+                            domainxml.OWNER_NS, flags)
+
+        self._call(f"set the owner of {name}", set_owner)
+
+    def owner_of(self, name: str) -> Optional[domainxml.Owner]:
+        """The owner the domain's (live) metadata names; None if it records none or is gone."""
+        try:
+            xml = self._call(f"read XML of {name}", lambda c: c.lookupByName(name).XMLDesc(0))
+        except NotFound:
+            return None
+        return domainxml.parse_owner(xml)
+
     def domain_macs(self, name: str) -> tuple[str, ...]:
         """MAC addresses of the domain's network interfaces; NotFound if no such domain."""
         xml = self._call(f"read XML of {name}", lambda c: c.lookupByName(name).XMLDesc(0))

@@ -72,6 +72,7 @@ class DomainTable(Protocol):
 
     def owned_domains(self) -> list[OwnedDomain]: ...
     def state(self, name: str) -> Optional[str]: ...
+    def owner_of(self, name: str) -> Optional[Owner]: ...
     def destroy(self, name: str) -> None: ...
     def undefine(self, name: str) -> None: ...
 
@@ -283,6 +284,12 @@ def _remove_domain(settings: Settings, hypervisor: DomainTable, leases: LeaseBoo
                    report: ReapReport) -> None:
     name = leftover.name
     try:
+        # Asked again right before destroying: a warm-pool guest may have been handed over to a
+        # live executor since the listing (its owner metadata switched), and is then not ours.
+        current = hypervisor.owner_of(name)
+        if current is not None and asdict(current) != leftover.owner:
+            report.kept.append(f"{name}: its owner changed since it was judged (now {_describe(current)})")
+            return
         hypervisor.destroy(name)
         hypervisor.undefine(name)
     except VmIsolationError as exc:
@@ -294,6 +301,7 @@ def _remove_domain(settings: Settings, hypervisor: DomainTable, leases: LeaseBoo
     _release_leases(settings.libvirt.network, leases, name, leftover.macs, report)
     _delete(_overlay_path(settings, name), report)
     _delete(_key_path(settings, name), report)
+    _delete(settings.vm.console_dir / f"{name}.console", report)  # a pool guest's (or vm-isolation-boot's)
 
 
 def _release_leases(network: str, leases: LeaseBook, name: str, macs: Iterable[str], report: ReapReport) -> None:

@@ -56,7 +56,8 @@ def watcher_record(settings: Settings) -> dict[str, object]:
 class WatchLock:
     """The one-watcher-per-host lock, held for the watcher's life."""
 
-    def __init__(self, path: Path, record: dict[str, object]) -> None:
+    def __init__(self, path: Path, record: dict[str, object], *, what: str = "vm-isolation-reap --watch") -> None:
+        """``what`` names the service in the refusal (the warm pool uses the same lock)."""
         self.path = path
         try:
             path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -67,7 +68,7 @@ class WatchLock:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
-            raise StorageError(f"another vm-isolation-reap --watch holds {path} "
+            raise StorageError(f"another {what} holds {path} "
                                f"({json.dumps(watcher_record_at(path))}); not starting a second one") from None
         os.ftruncate(self._fd, 0)
         os.write(self._fd, json.dumps(record, sort_keys=True).encode() + b"\n")

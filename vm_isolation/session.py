@@ -25,14 +25,15 @@ import enum
 import logging
 import signal
 import threading
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 from . import sandbox
+from .console import console_tail
 from .errors import VmIsolationError
-from .guest import Cancelled, Guest, GuestLauncher, GuestRequest, ProgressFn, console_tail
+from .guest import Cancelled, Guest, GuestRequest, ProgressFn
 from .launcher import LaunchSpec
 from .statuses import ExitStatus, RunResult
 from .taskrun import Sink, run_launcher, signal_task, watch_guest
@@ -64,6 +65,16 @@ class KillStep(enum.StrEnum):
     SIGKILL = "sigkill"
     POWER_OFF = "power-off"
     """The command outlived SIGKILL (or never reported): the domain powered off."""
+
+
+class GuestFactory(Protocol):
+    """Where a session's guest comes from: a :class:`guest.GuestLauncher` (cold boot) or a
+    :class:`warm.WarmFactory` (the warm pool first)."""
+
+    def boot(self, request: GuestRequest, *, cancel: Optional[threading.Event] = ...,
+             progress: ProgressFn = ...) -> AbstractContextManager[Guest]: ...
+    def domain_state(self, name: str) -> Optional[str]: ...
+    def power_off(self, name: str) -> None: ...
 
 
 class Mode(Protocol):
@@ -98,7 +109,7 @@ class SessionIO:
 class TaskSession:
     """One task's guest: :meth:`run` on one thread, :meth:`kill` from any other."""
 
-    def __init__(self, factory: GuestLauncher, request: GuestRequest, mode: Mode, io: SessionIO, *,
+    def __init__(self, factory: GuestFactory, request: GuestRequest, mode: Mode, io: SessionIO, *,
                  upload_from: Path, guest_sandbox: str, clock: Clock = SYSTEM_CLOCK) -> None:
         self.factory = factory
         self.request = request
@@ -150,7 +161,8 @@ class TaskSession:
         finally:
             self._phase = SessionPhase.ENDED
             self.run_ended.set()
-        tail = console_tail(self.request.console_log) if self._guest_lost and self.request.console_log else ""
+        console = self._guest.console_log if self._guest is not None else self.request.console_log
+        tail = console_tail(console) if self._guest_lost and console else ""
         return RunResult(exit=status, error=error, started=self.started, kill_reason=self._kill_reason,
                          guest_lost=self._guest_lost, console_tail=tail, timings=dict(self._timings))
 

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_ssh_private_key,
+)
 
 from .errors import StorageError
 
@@ -68,6 +74,28 @@ def generate_client_key(directory: Path) -> ClientKey:
     key = ClientKey(path, public)
     log.debug("generated SSH client key %s (%s)", path, key.fingerprint)
     return key
+
+
+def load_client_key(directory: Path) -> ClientKey:
+    """The key a directory already holds (a pool guest's, handed over to this process).
+
+    The directory must be ours and private (mode 0700, owned by this user), as
+    :func:`generate_client_key` makes it and the pool leaves it after the hand-over; a key
+    anyone else could have read or replaced is refused. Raises :class:`StorageError`.
+    """
+    path = directory / CLIENT_KEY_NAME
+    try:
+        for item, kind in ((directory, stat.S_ISDIR), (path, stat.S_ISREG)):
+            info = os.lstat(item)
+            if not kind(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+                raise OSError(f"{item} is not private to uid {os.geteuid()}")
+        private = load_ssh_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"cannot load the SSH client key {path}: {exc}") from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise StorageError(f"{path} is not an ed25519 key")
+    public = private.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode("ascii")
+    return ClientKey(path, public)
 
 
 def _make_private_directory(directory: Path) -> None:

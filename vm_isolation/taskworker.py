@@ -24,11 +24,11 @@ from .checks import Checker, CheckTracker, HealthTracker, ProbeResult, run_probe
 from .checkspec import CheckSpec
 from .config import MesosEnvironment, Settings
 from .domainxml import Owner
-from .guest import Guest, GuestLauncher, GuestRequest
+from .guest import Guest, GuestRequest
 from .ids import domain_name_for
 from .journal import NO_JOURNAL, ResourceJournal
 from .launcher import LaunchSpec, guest_base_environment
-from .session import DESTROY_AFTER_SIGKILL_S, SessionIO, TaskSession
+from .session import DESTROY_AFTER_SIGKILL_S, GuestFactory, SessionIO, TaskSession
 from .statuses import ExitStatus, Reason, RunResult, TaskState, task_outcome
 from .tasks import TaskSpec
 
@@ -48,7 +48,8 @@ class StatusSink(Protocol):
 class WorkerContext:
     settings: Settings
     env: MesosEnvironment
-    launcher: GuestLauncher
+    launcher: GuestFactory
+    """Where guests come from: the launcher, or the warm pool in front of it (:mod:`warm`)."""
     agent: StatusSink
     container_id: str = ""
     mirror_stdout: Optional[Callable[[bytes], None]] = None
@@ -216,6 +217,7 @@ class TaskWorker:
             owner=self.ctx.owner.for_task(self.spec.task_id, self.ctx.container_id),
             console_log=self.task_dir / "console.log",
             journal=self.ctx.journal,
+            image=self.spec.image,
         )
 
     def _send(self, state: TaskState, *, reason: Optional[Reason] = None, message: Optional[str] = None,

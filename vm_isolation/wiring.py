@@ -10,9 +10,11 @@ from .hostfirewall import NftFirewall, table_for
 from .hypervisor import LibvirtHypervisor
 from .leases import Leases
 from .overlay import QemuImgDisks
+from .poolclient import PoolClient
 from .reaper import PortTable
 from .remote import SshRemote
-from .sshkeys import generate_client_key
+from .sshkeys import generate_client_key, load_client_key
+from .warm import WarmFactory
 
 
 def real_hypervisor(settings: Settings, *, first_connect_s: float = 0.0) -> LibvirtHypervisor:
@@ -38,7 +40,15 @@ def real_launcher(settings: Settings, hypervisor: LibvirtHypervisor | None = Non
         make_key=generate_client_key,
         firewall=NftFirewall(table_for(settings.libvirt.network)),
         disks=QemuImgDisks(),
+        load_key=load_client_key,
     )
+
+
+def guest_factory(settings: Settings, launcher: GuestLauncher) -> GuestLauncher | WarmFactory:
+    """What executors boot through: the warm pool first when ``[pool] size`` is above 0."""
+    if not settings.pool.enabled:
+        return launcher
+    return WarmFactory(launcher, PoolClient(settings.pool.socket, settings.pool.take_timeout_s))
 
 
 def agent_ports(settings: Settings) -> PortTable | None:

@@ -36,6 +36,7 @@ from .launcher import LaunchSpec, guest_base_environment
 from .procinfo import birth_time, process_start_wallclock
 from .session import SessionIO, TaskSession
 from .statuses import ExitStatus, RunResult
+from .warm import WarmFactory
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,8 @@ class Wrapper:
     """Runs one inner executor in one guest (the :class:`TaskSession`'s mode); :meth:`run`
     maps the session's result to the process exit status."""
 
-    def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher, command: InnerCommand,
+    def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher | WarmFactory,
+                 command: InnerCommand,
                  *, bridge_address: Callable[[], str], out: Callable[[bytes], None],
                  err: Callable[[bytes], None], journal: ResourceJournal = NO_JOURNAL,
                  owner: Optional[Owner] = None, wallclock: Callable[[], float] = time.time,
@@ -302,5 +304,6 @@ class Wrapper:
             owner=self._owner,
             console_log=self.env.directory / "console.log",
             journal=self._journal,
+            image=image,
         )
 

@@ -5,11 +5,11 @@ every command; ``answer_zero`` is the explicit 'every command succeeds')."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from vm_isolation.domainxml import DomainSpec
+from vm_isolation.domainxml import DomainSpec, Owner
 from vm_isolation.errors import NetworkUnavailable, NotFound
 from vm_isolation.hosttypes import NetworkInfo, RawLease
 
@@ -72,6 +72,15 @@ class FakeHypervisor:
 
     def dhcp_leases(self, network: str, mac: Optional[str] = None) -> list[RawLease]:
         return [lease for lease in self.leases if mac is None or lease.mac == mac]
+
+    def set_owner(self, name: str, owner: Owner) -> None:
+        self.calls.append(("set_owner", name))
+        if name not in self.domains:
+            raise NotFound(f"no domain {name}")
+        self.specs[name] = replace(self.specs[name], owner=owner)
+
+    def owner_of(self, name: str) -> Optional[Owner]:
+        return self.specs[name].owner if name in self.domains else None
 
 
 class FakeDisks:

@@ -10,9 +10,10 @@ import pytest
 
 from tests.unit.fakes import FakeClock, FakeConnector, FakeDisks, FakeFirewall, FakeHypervisor, fake_key_factory
 from vm_isolation.config import Settings, VmSettings
+from vm_isolation.console import host_key_from_console
 from vm_isolation.domainxml import Owner
 from vm_isolation.errors import AddressTimeout, GuestDied, NetworkUnavailable, SshAuthError
-from vm_isolation.guest import Cancelled, GuestLauncher, GuestRequest, host_key_from_console
+from vm_isolation.guest import Cancelled, GuestLauncher, GuestRequest
 from vm_isolation.ids import DomainName
 from vm_isolation.journal import Journal, read_journal
 from vm_isolation.leases import Leases

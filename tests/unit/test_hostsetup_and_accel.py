@@ -12,7 +12,7 @@ from vm_isolation.accel import resolve_domain_type
 from vm_isolation.config import Settings
 from vm_isolation.errors import NotFound
 from vm_isolation.hostsetup import DNSMASQ_NS, ensure_firewall, ensure_network, tuned_network_xml
-from vm_isolation.hypervisor import NetworkInfo
+from vm_isolation.hosttypes import NetworkInfo
 
 STOCK = """<network>
   <name>default</name>
@@ -99,3 +99,22 @@ def test_the_firewall_of_another_network_goes_into_that_networks_table(monkeypat
     settings = dataclasses.replace(Settings(), libvirt=dataclasses.replace(Settings().libvirt, network="tenants"))
     ensure_firewall(_Networks({}), settings)  # type: ignore[arg-type]
     assert [(p.table, p.bridge, p.address) for p in installed] == [("vmiso_tenants", "virbr7", "192.168.7.1")]
+def test_host_set_up_starts_no_pool_unless_the_operator_enabled_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[pool] size = 0 (the default): ensure_pool starts and installs nothing."""
+    from vm_isolation import hostservices
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("nothing may be started or installed")
+
+    monkeypatch.setattr(hostservices.subprocess, "Popen", refuse)
+    monkeypatch.setattr(hostservices.subprocess, "run", refuse)
+    monkeypatch.setattr(hostservices, "_install_unit", refuse)
+    hostservices.ensure_pool(Settings())
+
+
+def test_the_pool_unit_names_the_venvs_pool_command() -> None:
+    """The unit template is shipped and filled in like the reaper's."""
+    from vm_isolation.hostservices import POOL_UNIT_NAME, unit_text
+
+    text = unit_text(Path("/opt/vmiso/venv/bin"), POOL_UNIT_NAME)
+    assert "ExecStart=/opt/vmiso/venv/bin/vm-isolation-pool serve" in text and "@BINDIR@" not in text

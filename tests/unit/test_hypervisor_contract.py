@@ -11,7 +11,7 @@ import pytest
 
 from tests.unit.fakes import FakeHypervisor
 from vm_isolation.domainxml import DomainSpec, Owner
-from vm_isolation.errors import NetworkUnavailable
+from vm_isolation.errors import NetworkUnavailable, NotFound
 from vm_isolation.hosttypes import Hypervisor
 
 NAME = "vmiso-contract-0123456789"
@@ -94,3 +94,21 @@ def test_an_unknown_network_is_a_named_error(hv: tuple[Hypervisor, DomainSpec]) 
     hypervisor, _ = hv
     with pytest.raises(NetworkUnavailable, match="no-such-net"):
         hypervisor.require_active_network("no-such-net")
+
+
+def test_the_owner_can_be_switched_on_a_running_domain_and_read_back(hv: tuple[Hypervisor, DomainSpec]) -> None:
+    """set_owner replaces the owner (the pool's hand-over), hostile text included; owner_of
+    reads it back, None once the domain is gone; set_owner of an absent domain is NotFound."""
+    hypervisor, spec = hv
+    hypervisor.define(spec)
+    hypervisor.start(NAME)
+    assert hypervisor.owner_of(NAME) == spec.owner
+    new = Owner(executor_id="e<&>'\"$(x)", task_id="t\n2", executor_pid=42, owner_file="/run/o/x.owner",
+                created_at=5.5)
+    hypervisor.set_owner(NAME, new)
+    assert hypervisor.owner_of(NAME) == new
+    hypervisor.destroy(NAME)
+    hypervisor.undefine(NAME)
+    assert hypervisor.owner_of(NAME) is None
+    with pytest.raises(NotFound):
+        hypervisor.set_owner(NAME, new)

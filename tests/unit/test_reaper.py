@@ -43,6 +43,9 @@ class FakeDomains:
     def state(self, name: str) -> Optional[str]:
         return "running" if name in self.domains or name in self.others else None
 
+    def owner_of(self, name: str) -> Optional[Owner]:
+        return self.domains[name].owner if name in self.domains else None
+
     def destroy(self, name: str) -> None:
         self.calls.append(("destroy", name))
         if name in self.fail_destroy:
@@ -128,6 +131,17 @@ def test_a_domain_of_a_dead_executor_is_destroyed_undefined_and_its_files_and_le
     assert [x.ip for x in leases.released] == ["192.168.122.9"]
     assert not overlay.exists() and not key_dir.exists()
     assert report.ok and len(report.removed) == 4
+
+
+def test_a_domain_whose_owner_changed_after_it_was_judged_is_left_alone(settings: Settings) -> None:
+    """A pool guest handed over between the listing and the removal: its new owner keeps it."""
+    overlay, key_dir = files_of(settings, DEAD_NAME)
+    hv = FakeDomains([domain(settings, DEAD_NAME, pid=777)])
+    new_owner = Owner(executor_id="exec-2", executor_pid=555, executor_start_time="100")
+    hv.owner_of = lambda name: new_owner  # type: ignore[method-assign]
+    report = reap(settings, hv, FakeLeases(), processes=FakeProcesses({555: "100"}), wallclock=lambda: NOW)
+    assert hv.calls == [] and overlay.exists() and key_dir.exists()
+    assert any("owner changed" in line for line in report.kept)
 
 
 def test_a_domain_whose_owner_is_alive_is_left_alone(settings: Settings) -> None:

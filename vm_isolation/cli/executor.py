@@ -40,7 +40,8 @@ from ..ownership import OwnerFile
 from ..procinfo import own_start_time
 from ..reaper import reap
 from ..reaperwatch import reaper_watch_running
-from ..wiring import agent_ports, real_hypervisor, real_launcher, real_leases
+from ..warm import WarmFactory
+from ..wiring import agent_ports, guest_factory, real_hypervisor, real_launcher, real_leases
 from ..wrap import InnerCommand, Wrapper
 from .common import configure_logging
 
@@ -118,7 +119,7 @@ def _serve(args: argparse.Namespace, inner: list[str], settings: Settings, env: 
     # Started by the agent at any time, maybe while libvirtd restarts (2-8 s): wait a little.
     hypervisor = real_hypervisor(settings, first_connect_s=FIRST_CONNECT_S)
     _reap_earlier_run(settings, hypervisor, env)
-    launcher = real_launcher(settings, hypervisor)
+    launcher = guest_factory(settings, real_launcher(settings, hypervisor))
     if args.wrap:
         if host_problem:
             return 1  # logged above; the agent reports the tasks as failed (executor terminated)
@@ -142,8 +143,8 @@ def _serve(args: argparse.Namespace, inner: list[str], settings: Settings, env: 
     return code
 
 
-def _wrap(settings: Settings, env: MesosEnvironment, launcher: GuestLauncher, hypervisor: LibvirtHypervisor,
-          command: InnerCommand, journal: Journal, owner: Owner) -> int:
+def _wrap(settings: Settings, env: MesosEnvironment, launcher: GuestLauncher | WarmFactory,
+          hypervisor: LibvirtHypervisor, command: InnerCommand, journal: Journal, owner: Owner) -> int:
     if bool(command.argv) == (command.shell is not None):
         log.error("--wrap needs the inner executor either after -- (argv) or as --shell 'COMMAND'")
         return 2
