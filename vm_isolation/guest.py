@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, TypeVar
 
-from .config import Settings
+from .config import GuestKernel, Settings
 from .domainxml import DomainSpec, InterfacePolicy, Owner, TrafficFilter
 from .errors import AddressTimeout, FirewallError, GuestDied, GuestError, SshUnavailable, VmIsolationError
 from .hosttypes import (
@@ -54,6 +54,8 @@ prints it still works, only slower)."""
 ERROR_MARKER = "VMISO-ERROR"
 CONSOLE_TAIL_LINES = 25
 SSH_SLICE_S = 3.0
+DIRECT_ROOT_CMDLINE = "root=/dev/vda rw rootfstype=ext4 init=/sbin/vmiso-init"
+"""A kernel booted without an initramfs mounts the overlay disk itself and starts the image's init."""
 
 
 class Phase(enum.StrEnum):
@@ -89,6 +91,8 @@ class GuestRequest:
     """Where to keep the serial console; None: the console dir, removed at teardown."""
     journal: ResourceJournal = NO_JOURNAL
     """Where each resource is recorded before it is created (the executor's sandbox journal)."""
+    kernel: Optional[GuestKernel] = None
+    """What to boot (``settings.images.kernel_for(image)``); None: the fast kernel."""
 
 
 @dataclass
@@ -300,14 +304,15 @@ class _Boot:
         if self.req.console_log is None:
             undo.callback(self.console_log.unlink, missing_ok=True)
         self._create_console_log()
+        kernel = self.req.kernel or self.l.settings.images.guest_kernel("fast")
         spec = DomainSpec(
             name=self.req.name,
             domain_type=self.l.domain_type,
             vcpus=self.req.vcpus,
             memory_mib=self.req.memory_mib,
-            kernel=self.l.settings.images.kernel,
-            initrd=self.l.settings.images.initrd,
-            cmdline=self._cmdline(key),
+            kernel=kernel.path,
+            initrd=kernel.initrd,
+            cmdline=self._cmdline(key, kernel),
             disk=self.overlay_path,
             mac=self.mac,
             network=self.network,
@@ -357,13 +362,14 @@ class _Boot:
         return InterfacePolicy(isolated_port=True,
                                traffic_filter=TrafficFilter("clean-traffic", tuple(parameters)))
 
-    def _cmdline(self, key: ClientKeyLike) -> str:
+    def _cmdline(self, key: ClientKeyLike, kernel: GuestKernel) -> str:
         key_type, key_b64 = key.public_openssh.split()[:2]
         # no_timer_check: under software emulation on a busy host the kernel's early check that
         # the IO-APIC timer ticks can fail ("IO-APIC + timer doesn't work!") and panic the guest.
         # acpi=noirq: ACPI PCI interrupt-link set-up runs AML under emulation, ~0.17 s per virtio
         # device; the guests need none of it (measured: ~0.5 s per boot saved).
-        return (f"console=ttyS0 quiet panic=-1 no_timer_check acpi=noirq vmiso.hostname={self.req.name} "
+        root = "" if kernel.initrd is not None else f" {DIRECT_ROOT_CMDLINE}"
+        return (f"console=ttyS0 quiet panic=-1 no_timer_check acpi=noirq{root} vmiso.hostname={self.req.name} "
                 f"vmiso.authkey={key_type}:{key_b64}")
 
     def _lease_keys_before_start(self) -> frozenset[tuple[str, float]]:
