@@ -43,12 +43,26 @@ def headline(sections: dict[str, Section]) -> dict[str, Any]:
         out["overhead_ratio"] = round(cold / floor, 3)
     if floor_started and cold_running:
         out["running_overhead_s"] = round(cold_running - floor_started, 3)
+    out["kernels"] = _per_kernel(sections)
     conc = sections.get("concurrency")
     if conc:
         for key, values in conc.samples.items():
             if key.endswith((".n8.all_running", ".n8.all_finished", ".n8.failures")):
                 out[f"concurrency.{key}"] = median_or_none(values)
     return out
+
+
+def _per_kernel(sections: dict[str, Section]) -> dict[str, dict[str, Optional[float]]]:
+    """Kernel kind -> its medians: floor command start, cold LAUNCH -> TASK_RUNNING, qemu CPU s per boot."""
+    kernels: dict[str, str] = {}
+    for name in ("floor", "coldpath"):
+        section = sections.get(name)
+        if section:
+            kernels.update({prefix: k["kind"] for prefix, k in section.extra.get("kernels", {}).items()})
+    return {kind: {"floor_command_started_median_s": median_or_none(_samples(sections, "floor", f"{p}command_started")),
+                   "cold_running_median_s": median_or_none(_samples(sections, "coldpath", f"{p}to_running")),
+                   "qemu_cpu_s_per_boot_median": median_or_none(_samples(sections, "floor", f"{p}qemu_cpu_s"))}
+            for p, kind in kernels.items()}
 
 
 def evaluate(sections: dict[str, Section], grace_s: float) -> list[Target]:

@@ -229,8 +229,10 @@ compile() {
 # (XEN_ELFNOTE_PHYS32_ENTRY, 0x12), without which QEMU could not boot it directly.
 stage_output() {
     STAGED=$BUILD_DIR/$OUTPUT
+    local notes
     strip -o "$STAGED.partial" "$OBJ_TREE/vmlinux"
-    readelf --notes "$STAGED.partial" | grep -Eq '^ +Xen +0x[0-9a-f]+ +(Unknown note type: \(0x00000012\)|NT_.*PHYS32)' \
+    notes=$(readelf --notes "$STAGED.partial")
+    grep -Eq '^[[:space:]]+Xen[[:space:]]+0x[0-9a-f]+[[:space:]]+Unknown note type: \(0x00000012\)' <<<"$notes" \
         || die "the built kernel has no PVH entry note (CONFIG_PVH): it cannot be booted directly"
     chmod 0644 "$STAGED.partial"
     mv -f "$STAGED.partial" "$STAGED"
@@ -280,7 +282,7 @@ main() {
     compile
     stage_output
     install_output "$build_id"
-    say "installed $IMAGES_DIR/$OUTPUT ($(du -k "$IMAGES_DIR/$OUTPUT" | cut -f1) KiB) in $(seconds_since "$start") s"
+    say "installed $IMAGES_DIR/$OUTPUT ($(($(stat -c %s "$IMAGES_DIR/$OUTPUT") / 1048576)) MiB) in $(seconds_since "$start") s"
 }
 
 main "$@"
