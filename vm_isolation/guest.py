@@ -394,6 +394,7 @@ class _Boot:
         return self.lease
 
     def _ssh(self, undo: ExitStack, lease: Lease, key: ClientKeyLike) -> RemoteSession:
+        started = self.l._clock.monotonic()
         deadline = Deadline.after(self.vm.ssh_timeout_s, self.l._clock)
 
         def announced() -> Optional[str]:
@@ -415,11 +416,15 @@ class _Boot:
 
         with contextlib.suppress(WaitTimeout):  # then connect anyway; the SYN retry covers it
             poll_until(is_ready, ready, interval_s=0.02, what="VMISO-READY on the console")
+        # Sub-timings of the ssh phase: waiting for the guest's console lines after the lease,
+        # then TCP + SSH handshake (which includes libvirt's filter learning the leased address).
+        self.timings["ssh.console"] = round(self.l._clock.monotonic() - started, 3)
         try:
             remote = self._connect_in_slices(lease.ip, host_key, key, deadline)
         except GuestError as exc:
             exc.console_tail = exc.console_tail or console_tail(self.console_log)
             raise
+        self.timings["ssh.connect"] = round(self.l._clock.monotonic() - started - self.timings["ssh.console"], 3)
         undo.callback(remote.close)
         return remote
 

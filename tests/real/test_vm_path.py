@@ -43,7 +43,7 @@ def test_a_launcher_runs_in_a_fresh_guest_and_everything_is_removed(
                           shell_command='hostname; echo "$0"; exit 7')
         status = run_launcher(guest, spec, on_started=started.append, on_stdout=out.append,
                               on_stderr=lambda b: None)
-        assert set(guest.timings) == {"overlay", "define", "start", "lease", "ssh"}
+        assert set(guest.timings) == {"overlay", "define", "start", "lease", "ssh", "ssh.console", "ssh.connect"}
     assert status.code == 7
     assert b"".join(out).decode() == f"{req.name}\n/bin/sh\n"
     assert len(started) == 1 and started[0] > 1

@@ -64,6 +64,8 @@ def test_boot_runs_the_phases_in_order_and_tears_down_in_reverse(world: World) -
         assert "vmiso.authkey=ssh-ed25519:AAAAclientkey" in spec.cmdline
         assert spec.owner.created_at == 1234.5
     assert phases == ["overlay", "define", "start", "lease", "ssh"]
+    # The ssh phase is split into waiting for the console lines and connecting.
+    assert guest.timings["ssh.console"] + guest.timings["ssh.connect"] == pytest.approx(guest.timings["ssh"])
     assert world.hv.calls == [("define", NAME), ("start", NAME), ("destroy", NAME), ("undefine", NAME)]
     world.assert_nothing_left()
 
