@@ -13,6 +13,8 @@ OVERLAY_FLAT_TOLERANCE_S = 0.05
 ADDRESS_TARGET_S = 0.1
 KILL_SLACK_S = 0.5
 EXECUTOR_RSS_TARGET_MIB = 60.0
+COLD_RUNNING_TARGET_S = 2.0
+QEMU_CPU_TARGET_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,28 @@ def _per_kernel(sections: dict[str, Section]) -> dict[str, dict[str, Optional[fl
 
 
 def evaluate(sections: dict[str, Section], grace_s: float) -> list[Target]:
-    return [_overhead(sections), _overlay(sections), _address(sections), _kill(sections, grace_s),
-            _rss(sections)]
+    return [_overhead(sections), _cold_running(sections), _qemu_cpu(sections), _overlay(sections),
+            _address(sections), _kill(sections, grace_s), _rss(sections)]
+
+
+def _cold_running(sections: dict[str, Section]) -> Target:
+    name, target = "cold LAUNCH -> TASK_RUNNING", f"<= {COLD_RUNNING_TARGET_S} s (median, configured kernel)"
+    value = median_or_none(_samples(sections, "coldpath", "to_running"))
+    if value is None:
+        return Target(name, target, "not measured", None)
+    others = {kind: k["cold_running_median_s"] for kind, k in _per_kernel(sections).items()}
+    note = "per kernel: " + ", ".join(f"{kind} {v:.2f} s" for kind, v in others.items() if v is not None)
+    return Target(name, target, f"{value:.2f} s", value <= COLD_RUNNING_TARGET_S, note)
+
+
+def _qemu_cpu(sections: dict[str, Section]) -> Target:
+    name, target = "qemu CPU per cold boot", f"<= {QEMU_CPU_TARGET_S:g} CPU s (median, floor, configured kernel)"
+    value = median_or_none(_samples(sections, "floor", "qemu_cpu_s"))
+    if value is None:
+        return Target(name, target, "not measured", None)
+    others = {kind: k["qemu_cpu_s_per_boot_median"] for kind, k in _per_kernel(sections).items()}
+    note = "per kernel: " + ", ".join(f"{kind} {v:.2f} CPU s" for kind, v in others.items() if v is not None)
+    return Target(name, target, f"{value:.2f} CPU s", value <= QEMU_CPU_TARGET_S, note)
 
 
 def _overhead(sections: dict[str, Section]) -> Target:
