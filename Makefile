@@ -53,7 +53,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile scripts/install-http-parse
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The fast guest kernel (scripts/build-kernel.sh: ~5-15 min the first time, then cached by its
+# build id) and the base images with Debian's kernel and initramfs (scripts/build-image.sh).
 image: host
+	scripts/build-kernel.sh
 	scripts/build-image.sh busybox python
 
 network: venv host

@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--footprint", type=_ints, default=[1, 4], help="footprint: task counts")
     p.add_argument("--grace", type=float, default=3.0, help="kill: the kill policy's grace period (s)")
     p.add_argument("--deadline", type=float, default=240.0, help="per-wait deadline in seconds")
+    p.add_argument("--compare-kernel", default="debian",
+                   help="floor and coldpath also boot this kernel, interleaved: fast, debian or none (default debian)")
     p.add_argument("--publish", action="store_true", help="also write bench/RESULTS.md and RESULTS.png")
     return p
 
@@ -69,7 +71,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         before = snapshot_leftovers(settings, hv)
         with tempfile.TemporaryDirectory(prefix="vmiso-bench-", dir="/var/tmp") as tmp:
-            ctx = BenchContext(settings, hv, Path(tmp), args.reps, args.deadline)
+            ctx = BenchContext(settings, hv, Path(tmp), args.reps, args.deadline, args.compare_kernel)
             sections = _run_sections(ctx, args, wanted)
         leftovers = new_leftovers(before, snapshot_leftovers(settings, hv))
     finally:
@@ -81,7 +83,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "command": "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "args": {"reps": args.reps, "sections": wanted, "sizes_mib": args.sizes, "concurrency": args.concurrency,
                  "concurrency_reps": args.concurrency_reps, "modes": args.modes, "grace_s": args.grace,
-                 "deadline_s": args.deadline},
+                 "deadline_s": args.deadline, "compare_kernel": args.compare_kernel},
         "environment": environment,
         "headline": targets.headline(sections),
         "targets": targets.as_dicts(checked := targets.evaluate(sections, args.grace)),

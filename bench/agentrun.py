@@ -9,6 +9,7 @@ from typing import Any, Iterable, Optional
 
 from vm_isolation.config import conf_path
 from vm_isolation.localagent import TERMINAL_STATES, LocalAgent, StatusRecord
+from vm_isolation.tasks import IMAGE_LABEL
 
 from .common import BENCH_PREFIX, TASK_MEM_MIB, now
 
@@ -16,6 +17,7 @@ RUNNING = "TASK_RUNNING"
 
 
 def executor_command(config: Optional[Path] = None) -> dict[str, Any]:
+    """The executor's CommandInfo, reading ``config`` (default: the host's configuration)."""
     script = Path(sys.executable).parent / "vm-isolation-executor"
     argv = [str(script)] if script.exists() else [sys.executable, "-m", "vm_isolation.cli.executor"]
     argv += ["--config", str(config or conf_path(None))]
@@ -24,13 +26,16 @@ def executor_command(config: Optional[Path] = None) -> dict[str, Any]:
         {"name": "VM_ISOLATION_EXECUTOR_LINGER_S", "value": "0"}]}}
 
 
-def task_info(task_id: str, command: str, mem_mib: int = TASK_MEM_MIB) -> dict[str, Any]:
-    return {
+def task_info(task_id: str, command: str, mem_mib: int = TASK_MEM_MIB, image: Optional[str] = None) -> dict[str, Any]:
+    info: dict[str, Any] = {
         "name": task_id, "task_id": {"value": task_id},
         "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 1}},
                       {"name": "mem", "type": "SCALAR", "scalar": {"value": mem_mib}}],
         "command": {"value": command, "shell": True},
     }
+    if image is not None:
+        info["labels"] = {"labels": [{"key": IMAGE_LABEL, "value": image}]}
+    return info
 
 
 def fresh_id(kind: str) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from vm_isolation.config import Settings
+from vm_isolation.config import GuestKernel, Settings
 from vm_isolation.guest import GuestRequest
 from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.ids import domain_name_for
@@ -52,13 +52,17 @@ class BenchContext:
     reps: int
     deadline_s: float
     """Generous per-wait deadline: guests under software emulation on a loaded host are slow."""
+    compare_kernel: str = "debian"
+    """The floor and the cold path also boot this kernel (fast, debian; none: only the configured one)."""
 
 
-def guest_request(ctx: BenchContext, hint: str) -> GuestRequest:
-    """A guest like the executor's for a 1-cpu, 192 MiB task on the default image."""
-    settings = ctx.settings
-    return GuestRequest(name=domain_name_for(hint), base_image=settings.images.base(settings.images.default),
-                        vcpus=1, memory_mib=max(settings.vm.memory_floor_mib, TASK_MEM_MIB))
+def guest_request(ctx: BenchContext, hint: str, kernel: Optional[GuestKernel] = None) -> GuestRequest:
+    """A guest like the executor's for a 1-cpu, 192 MiB task on the default image (with its
+    configured kernel unless ``kernel`` says otherwise)."""
+    images = ctx.settings.images
+    return GuestRequest(name=domain_name_for(hint), base_image=images.base(images.default),
+                        kernel=kernel or images.kernel_for(images.default),
+                        vcpus=1, memory_mib=max(ctx.settings.vm.memory_floor_mib, TASK_MEM_MIB))
 
 
 def repetitions(section: Section, reps: int, label: str = "") -> Iterator[int]:

@@ -62,6 +62,7 @@ def markdown(document: dict[str, Any], targets: list[Target], chart_name: str) -
         f"- executor cold path LAUNCH → TASK_FINISHED, median: **{_fmt(head.get('cold_finished_median_s'), 's')} s**",
         f"- overhead: **{_fmt(head.get('overhead_s'), 's')} s**, ratio **{head.get('overhead_ratio', '—')}**; "
         f"to TASK_RUNNING vs the floor's command start: {_fmt(head.get('running_overhead_s'), 's')} s",
+        *_kernel_lines(head.get("kernels", {})),
         "",
         "## Targets",
         "",
@@ -86,6 +87,14 @@ def markdown(document: dict[str, Any], targets: list[Target], chart_name: str) -
               "during the run and still present after it; `{}` means nothing)", "",
               f"![chart]({chart_name})", ""]
     return "\n".join(lines)
+
+
+def _kernel_lines(kernels: dict[str, dict[str, Any]]) -> list[str]:
+    """One headline line per guest kernel booted in this run (interleaved, same conditions)."""
+    return [f"- {kind} kernel, medians: floor create → command started "
+            f"**{_fmt(k['floor_command_started_median_s'], 's')} s**, cold LAUNCH → TASK_RUNNING "
+            f"**{_fmt(k['cold_running_median_s'], 's')} s**, qemu CPU per boot "
+            f"**{_fmt(k['qemu_cpu_s_per_boot_median'], 's')} CPU s**" for kind, k in kernels.items()]
 
 
 def chart(path: Path, sections: dict[str, Section]) -> bool:

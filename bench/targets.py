@@ -15,6 +15,8 @@ KILL_SLACK_S = 0.5
 EXECUTOR_RSS_TARGET_MIB = 60.0
 WARM_RUNNING_TARGET_S = 0.3
 IDLE_GUEST_RSS_TARGET_MIB = 150.0
+COLD_RUNNING_TARGET_S = 2.0
+QEMU_CPU_TARGET_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ def headline(sections: dict[str, Section]) -> dict[str, Any]:
     if warm_running is not None:
         out["warm_running_median_s"] = warm_running
         out["idle_pool_guest_rss_median_mib"] = median_or_none(_samples(sections, "warm", "idle_guest_qemu_rss"))
+    out["kernels"] = _per_kernel(sections)
     conc = sections.get("concurrency")
     if conc:
         for key, values in conc.samples.items():
@@ -57,9 +60,42 @@ def headline(sections: dict[str, Section]) -> dict[str, Any]:
     return out
 
 
+def _per_kernel(sections: dict[str, Section]) -> dict[str, dict[str, Optional[float]]]:
+    """Kernel kind -> its medians: floor command start, cold LAUNCH -> TASK_RUNNING, qemu CPU s per boot."""
+    kernels: dict[str, str] = {}
+    for name in ("floor", "coldpath"):
+        section = sections.get(name)
+        if section:
+            kernels.update({prefix: k["kind"] for prefix, k in section.extra.get("kernels", {}).items()})
+    return {kind: {"floor_command_started_median_s": median_or_none(_samples(sections, "floor", f"{p}command_started")),
+                   "cold_running_median_s": median_or_none(_samples(sections, "coldpath", f"{p}to_running")),
+                   "qemu_cpu_s_per_boot_median": median_or_none(_samples(sections, "floor", f"{p}qemu_cpu_s"))}
+            for p, kind in kernels.items()}
+
+
 def evaluate(sections: dict[str, Section], grace_s: float) -> list[Target]:
-    return [_overhead(sections), _overlay(sections), _address(sections), _kill(sections, grace_s),
-            _rss(sections), _warm(sections), _idle_rss(sections)]
+    return [_overhead(sections), _cold_running(sections), _qemu_cpu(sections), _overlay(sections),
+            _address(sections), _kill(sections, grace_s), _rss(sections), _warm(sections), _idle_rss(sections)]
+
+
+def _cold_running(sections: dict[str, Section]) -> Target:
+    name, target = "cold LAUNCH -> TASK_RUNNING", f"<= {COLD_RUNNING_TARGET_S} s (median, configured kernel)"
+    value = median_or_none(_samples(sections, "coldpath", "to_running"))
+    if value is None:
+        return Target(name, target, "not measured", None)
+    others = {kind: k["cold_running_median_s"] for kind, k in _per_kernel(sections).items()}
+    note = "per kernel: " + ", ".join(f"{kind} {v:.2f} s" for kind, v in others.items() if v is not None)
+    return Target(name, target, f"{value:.2f} s", value <= COLD_RUNNING_TARGET_S, note)
+
+
+def _qemu_cpu(sections: dict[str, Section]) -> Target:
+    name, target = "qemu CPU per cold boot", f"<= {QEMU_CPU_TARGET_S:g} CPU s (median, floor, configured kernel)"
+    value = median_or_none(_samples(sections, "floor", "qemu_cpu_s"))
+    if value is None:
+        return Target(name, target, "not measured", None)
+    others = {kind: k["qemu_cpu_s_per_boot_median"] for kind, k in _per_kernel(sections).items()}
+    note = "per kernel: " + ", ".join(f"{kind} {v:.2f} CPU s" for kind, v in others.items() if v is not None)
+    return Target(name, target, f"{value:.2f} CPU s", value <= QEMU_CPU_TARGET_S, note)
 
 
 def _warm(sections: dict[str, Section]) -> Target:

@@ -30,6 +30,9 @@ ENV_PREFIX = "VM_ISOLATION_"
 DOMAIN_TYPES = ("auto", "kvm", "qemu")
 EGRESS_POLICIES = ("nat", "none", "allow-list")
 ISOLATION_MODES = ("on", "off")
+KERNEL_KINDS = ("fast", "debian")
+"""What an ``[image:NAME]`` may boot: ``fast`` (scripts/build-kernel.sh, no initramfs) or
+``debian`` (Debian's kernel with the shared initramfs, for modules, cgroups, namespaces)."""
 
 
 @dataclass(frozen=True)
@@ -43,13 +46,26 @@ class LibvirtSettings:
 
 
 @dataclass(frozen=True)
+class GuestKernel:
+    """The kernel a guest boots, and its initramfs if it needs one."""
+
+    kind: str
+    """One of KERNEL_KINDS."""
+    path: Path
+    initrd: Optional[Path] = None
+    """None: booted without an initramfs; the kernel mounts the guest's disk as its root."""
+
+
+@dataclass(frozen=True)
 class ImageSettings:
     dir: Path = Path("/var/lib/vm-isolation/images")
-    """Directory of the kernel, initramfs and base images."""
+    """Directory of the kernels, the initramfs and the base images."""
     kernel: Path = Path("/var/lib/vm-isolation/images/vmlinux")
-    """Uncompressed guest kernel, booted directly (PVH)."""
+    """Debian's kernel, uncompressed, booted directly (PVH) with ``initrd``: ``kernel = debian``."""
     initrd: Path = Path("/var/lib/vm-isolation/images/initramfs.cpio.gz")
-    """Shared initramfs: loads virtio modules, switches to the root on the overlay disk."""
+    """Shared initramfs of Debian's kernel: loads virtio modules, switches to the overlay disk's root."""
+    fast_kernel: Path = Path("/var/lib/vm-isolation/images/vmlinux-fast")
+    """The fast kernel (scripts/build-kernel.sh), everything built in, no initramfs: ``kernel = fast``."""
     default: str = "busybox"
     """Image used when a task names none."""
     bases: Mapping[str, Path] = field(
@@ -57,6 +73,17 @@ class ImageSettings:
                                  "python": Path("/var/lib/vm-isolation/images/python.qcow2")}
     )
     """Base image name -> qcow2 path."""
+    kernels: Mapping[str, str] = field(default_factory=lambda: {"busybox": "fast", "python": "fast"})
+    """Base image name -> its ``kernel`` (one of KERNEL_KINDS); an image not named boots ``fast``."""
+
+    def kernel_for(self, name: str) -> GuestKernel:
+        """The kernel the base image called ``name`` boots (fast unless it says ``kernel = debian``)."""
+        return self.guest_kernel(self.kernels.get(name, "fast"))
+
+    def guest_kernel(self, kind: str) -> GuestKernel:
+        if kind == "debian":
+            return GuestKernel("debian", self.kernel, self.initrd)
+        return GuestKernel("fast", self.fast_kernel)
 
     def base(self, name: str) -> Path:
         """The base image called ``name``; ConfigError naming the known ones otherwise."""
@@ -355,7 +382,7 @@ def _cidr_list(raw: str, where: str) -> tuple[str, ...]:
 def _images(parser: configparser.ConfigParser, source: Optional[Path]) -> ImageSettings:
     defaults = ImageSettings()
     section = dict(parser.items("images")) if parser.has_section("images") else {}
-    unknown = set(section) - {"dir", "kernel", "initrd", "default"}
+    unknown = set(section) - {"dir", "kernel", "initrd", "fast_kernel", "default"}
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) in [images]: {', '.join(sorted(unknown))}")
     directory = Path(section.get("dir", str(defaults.dir)))
@@ -365,6 +392,7 @@ def _images(parser: configparser.ConfigParser, source: Optional[Path]) -> ImageS
         return p if p.is_absolute() else directory / p
 
     bases: dict[str, Path] = {}
+    kernels: dict[str, str] = {}
     for name in parser.sections():
         if not name.startswith("image:"):
             continue
@@ -372,11 +400,16 @@ def _images(parser: configparser.ConfigParser, source: Optional[Path]) -> ImageS
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", image):
             raise ConfigError(f"{source}: [{name}]: image names use letters, digits, '_', '.', '-'")
         items = dict(parser.items(name))
-        if set(items) != {"path"}:
-            raise ConfigError(f"{source}: [{name}] takes exactly one key, path")
+        if "path" not in items or set(items) - {"path", "kernel"}:
+            raise ConfigError(f"{source}: [{name}] takes the keys path and (optionally) kernel")
         bases[image] = resolve(items["path"])
+        kind = items.get("kernel", "fast").strip()
+        if kind not in KERNEL_KINDS:
+            raise ConfigError(f"{source}: [{name}] kernel = {kind!r}: use one of {', '.join(KERNEL_KINDS)}")
+        kernels[image] = kind
     if not parser.has_section("images") and not bases:
         bases = {name: directory / path.name for name, path in defaults.bases.items()}
+        kernels = dict(defaults.kernels)
     default = section.get("default", defaults.default).strip()
     if default not in bases:
         raise ConfigError(
@@ -386,8 +419,10 @@ def _images(parser: configparser.ConfigParser, source: Optional[Path]) -> ImageS
         dir=directory,
         kernel=resolve(section.get("kernel", "vmlinux")),
         initrd=resolve(section.get("initrd", "initramfs.cpio.gz")),
+        fast_kernel=resolve(section.get("fast_kernel", "vmlinux-fast")),
         default=default,
         bases=bases,
+        kernels=kernels,
     )
 
 

@@ -69,7 +69,8 @@ class DomainSpec:
     vcpus: int
     memory_mib: int
     kernel: Path
-    initrd: Path
+    initrd: Optional[Path]
+    """None: no ``<initrd>`` (a kernel that mounts its root itself)."""
     cmdline: str
     disk: Path
     mac: str
@@ -90,7 +91,8 @@ def render(spec: DomainSpec) -> str:
     os_el = ET.SubElement(root, "os")
     ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
     ET.SubElement(os_el, "kernel").text = str(spec.kernel)
-    ET.SubElement(os_el, "initrd").text = str(spec.initrd)
+    if spec.initrd is not None:
+        ET.SubElement(os_el, "initrd").text = str(spec.initrd)
     ET.SubElement(os_el, "cmdline").text = spec.cmdline
     features = ET.SubElement(root, "features")
     ET.SubElement(features, "acpi")

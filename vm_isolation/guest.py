@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Protocol, TypeVar
 
-from .config import Settings
+from .config import GuestKernel, Settings
 from .console import console_tail, error_on_console, host_key_from_console, ready_on_console
 from .domainxml import DomainSpec, InterfacePolicy, Owner, TrafficFilter
 from .errors import AddressTimeout, FirewallError, GuestDied, GuestError, SshUnavailable, VmIsolationError
@@ -51,6 +51,8 @@ READY_GRACE_S = 5.0
 """How long after the host key SSH waits for READY before trying anyway (an image that never
 prints it still works, only slower)."""
 SSH_SLICE_S = 3.0
+DIRECT_ROOT_CMDLINE = "root=/dev/vda rw rootfstype=ext4 init=/sbin/vmiso-init"
+"""A kernel booted without an initramfs mounts the overlay disk itself and starts the image's init."""
 
 
 class Phase(enum.StrEnum):
@@ -92,6 +94,8 @@ class GuestRequest:
     """Where each resource is recorded before it is created (the executor's sandbox journal)."""
     image: str = ""
     """The base image's configured name (what a warm-pool guest's shape is matched on)."""
+    kernel: Optional[GuestKernel] = None
+    """What to boot (``settings.images.kernel_for(image)``); None: the fast kernel."""
 
 
 @dataclass
@@ -360,14 +364,15 @@ class _Boot:
     def _define(self, undo: ExitStack, key: ClientKeyLike) -> None:
         self._undo_console(undo)
         self._create_console_log()
+        kernel = self.req.kernel or self.l.settings.images.guest_kernel("fast")
         spec = DomainSpec(
             name=self.req.name,
             domain_type=self.l.domain_type,
             vcpus=self.req.vcpus,
             memory_mib=self.req.memory_mib,
-            kernel=self.l.settings.images.kernel,
-            initrd=self.l.settings.images.initrd,
-            cmdline=self._cmdline(key),
+            kernel=kernel.path,
+            initrd=kernel.initrd,
+            cmdline=self._cmdline(key, kernel),
             disk=self.overlay_path,
             mac=self.mac,
             network=self.network,
@@ -416,13 +421,14 @@ class _Boot:
         return InterfacePolicy(isolated_port=True,
                                traffic_filter=TrafficFilter("clean-traffic", tuple(parameters)))
 
-    def _cmdline(self, key: ClientKeyLike) -> str:
+    def _cmdline(self, key: ClientKeyLike, kernel: GuestKernel) -> str:
         key_type, key_b64 = key.public_openssh.split()[:2]
         # no_timer_check: under software emulation on a busy host the kernel's early check that
         # the IO-APIC timer ticks can fail ("IO-APIC + timer doesn't work!") and panic the guest.
         # acpi=noirq: ACPI PCI interrupt-link set-up runs AML under emulation, ~0.17 s per virtio
         # device; the guests need none of it (measured: ~0.5 s per boot saved).
-        return (f"console=ttyS0 quiet panic=-1 no_timer_check acpi=noirq vmiso.hostname={self.req.name} "
+        root = "" if kernel.initrd is not None else f" {DIRECT_ROOT_CMDLINE}"
+        return (f"console=ttyS0 quiet panic=-1 no_timer_check acpi=noirq{root} vmiso.hostname={self.req.name} "
                 f"vmiso.authkey={key_type}:{key_b64}")
 
     def _lease_keys_before_start(self) -> frozenset[tuple[str, float]]:
@@ -447,6 +453,7 @@ class _Boot:
         return self.lease
 
     def _ssh(self, undo: ExitStack, lease: Lease, key: ClientKeyLike) -> RemoteSession:
+        started = self.l._clock.monotonic()
         deadline = Deadline.after(self.vm.ssh_timeout_s, self.l._clock)
 
         def announced() -> Optional[str]:
@@ -468,11 +475,15 @@ class _Boot:
 
         with contextlib.suppress(WaitTimeout):  # then connect anyway; the SYN retry covers it
             poll_until(is_ready, ready, interval_s=0.02, what="VMISO-READY on the console")
+        # Sub-timings of the ssh phase: waiting for the guest's console lines after the lease,
+        # then TCP + SSH handshake (which includes libvirt's filter learning the leased address).
+        self.timings["ssh.console"] = round(self.l._clock.monotonic() - started, 3)
         try:
             remote = self._connect_in_slices(lease.ip, host_key, key, deadline)
         except GuestError as exc:
             exc.console_tail = exc.console_tail or console_tail(self.console_log)
             raise
+        self.timings["ssh.connect"] = round(self.l._clock.monotonic() - started - self.timings["ssh.console"], 3)
         undo.callback(remote.close)
         return remote
 

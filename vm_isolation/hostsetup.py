@@ -114,9 +114,13 @@ def ensure_firewall(hv: LibvirtHypervisor, settings: Settings) -> None:
 
 
 def check_images(settings: Settings) -> list[str]:
-    """Problems with the configured kernel, initramfs and base images (empty: all present)."""
-    paths = [settings.images.kernel, settings.images.initrd, *settings.images.bases.values()]
-    return [f"missing: {p} (build it with scripts/build-image.sh)" for p in paths if not p.exists()]
+    """Problems with the kernels, initramfs and base images the configuration uses (empty: all present)."""
+    images = settings.images
+    kernels = {images.kernel_for(name) for name in images.bases}
+    boot_files = [(k.path, "scripts/build-kernel.sh" if k.kind == "fast" else "scripts/build-image.sh")
+                  for k in kernels] + [(k.initrd, "scripts/build-image.sh") for k in kernels if k.initrd]
+    paths = [*boot_files, *((p, "scripts/build-image.sh") for p in images.bases.values())]
+    return [f"missing: {p} (build it with {tool})" for p, tool in sorted(set(paths)) if not p.exists()]
 
 
 def main(argv: Optional[list[str]] = None) -> int:

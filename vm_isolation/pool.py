@@ -173,7 +173,8 @@ class WarmPool:
         """Boot one slot's guest (on its own thread); a failure frees the slot."""
         request = GuestRequest(name=slot.name, base_image=self.settings.images.base(slot.shape.image),
                                vcpus=slot.shape.vcpus, memory_mib=slot.shape.memory_mib,
-                               owner=self.owner, journal=self._journal, image=slot.shape.image)
+                               owner=self.owner, journal=self._journal, image=slot.shape.image,
+                               kernel=self.settings.images.kernel_for(slot.shape.image))
         try:
             held = self._launcher.hold(request, cancel=slot.cancel)
         except Cancelled:

@@ -56,6 +56,14 @@ CONNECT_RETRY_S = 0.2
 ATTEMPT_TIMEOUT_S = (1.0, 10.0)
 """Bounds of one attempt's socket/banner/auth timeouts: the deadline's remainder, clamped, so
 an attempt started just before the deadline still gets a fair chance (TCG crypto is slow)."""
+SYN_ANSWER_S = 0.1
+"""How long one TCP connection attempt waits for the guest's SYN-ACK before a fresh SYN is sent
+(for the first SYN_FAST_TRIES tries; then the attempt's own timeout). Right after the guest's
+DHCP lease, libvirt's clean-traffic filter still drops the guest's replies until it has learnt
+the leased address (it runs ebtables/iptables to install the rules: 0.5-2 s on a busy host);
+the kernel would resend the SYN only after its 1 s initial RTO (then 3 s), so each boot
+waited for that retransmit. A guest that can answer does so within 10-30 ms here."""
+SYN_FAST_TRIES = 30
 AUTH_ATTEMPTS = 3
 """Our key is on the guest before its SSH server starts, so a refusal is retried only twice."""
 CHANNEL_ATTEMPTS = 3
@@ -172,8 +180,9 @@ class _Attempts:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         timeout = min(max(self.deadline.remaining(), ATTEMPT_TIMEOUT_S[0]), ATTEMPT_TIMEOUT_S[1])
         try:
+            sock = _open_tcp(self.host, self.port, timeout, self.deadline)
             client.connect(
-                self.host, port=self.port, username=self.user, pkey=self.pkey,
+                self.host, port=self.port, username=self.user, pkey=self.pkey, sock=sock,
                 allow_agent=False, look_for_keys=False, timeout=timeout, banner_timeout=timeout,
                 auth_timeout=timeout, channel_timeout=CHANNEL_OPEN_TIMEOUT_S,
                 transport_factory=self.signals.transport,
@@ -202,6 +211,7 @@ class _Attempts:
     def where(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
 
+
     def _mismatch(self, exc: Any) -> str:
         presented, expected = exc.key, exc.expected_key
         return (f"{self.host}:{self.port} presented host key {presented.get_name()} "
@@ -217,6 +227,20 @@ class _Attempts:
             f"SSH server (see its console), that {self.host} is its address and that port {self.port} "
             f"is reachable from this host", phase=self.phase,
         )
+
+
+def _open_tcp(host: str, port: int, timeout_s: float, deadline: Deadline) -> socket.socket:
+    """A TCP connection to ``host:port``, sending a fresh SYN every SYN_ANSWER_S while none is
+    answered (see SYN_ANSWER_S), then waiting up to ``timeout_s``. Raises OSError as
+    socket.create_connection does (a refusal at once; TimeoutError once tries or deadline run out)."""
+    for _ in range(SYN_FAST_TRIES):
+        if deadline.remaining() <= SYN_ANSWER_S:
+            break
+        try:
+            return socket.create_connection((host, port), timeout=SYN_ANSWER_S)
+        except TimeoutError:
+            continue
+    return socket.create_connection((host, port), timeout=timeout_s)
 
 
 def _describe(exc: Optional[BaseException]) -> str:

@@ -212,6 +212,7 @@ class TaskWorker:
         return GuestRequest(
             name=domain_name_for(self.spec.task_id),
             base_image=self.ctx.settings.images.base(self.spec.image),
+            kernel=self.ctx.settings.images.kernel_for(self.spec.image),
             vcpus=self.spec.vcpus,
             memory_mib=self.spec.memory_mib,
             owner=self.ctx.owner.for_task(self.spec.task_id, self.ctx.container_id),

@@ -300,6 +300,7 @@ class Wrapper:
         return GuestRequest(
             name=domain_name_for(self.env.executor_id),
             base_image=self.settings.images.base(image),
+            kernel=self.settings.images.kernel_for(image),
             memory_mib=self.settings.vm.default_memory_mib,
             owner=self._owner,
             console_log=self.env.directory / "console.log",

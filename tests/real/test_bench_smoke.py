@@ -18,7 +18,8 @@ SUMMARY_KEYS = {"n", "min", "median", "p95"}
 
 @pytest.mark.timeout(300)
 def test_a_one_repetition_benchmark_writes_json_and_markdown_with_the_expected_keys(tmp_path: Path) -> None:
-    """Floor, cold path and a 64 MiB disk figure, once each, produce the JSON and Markdown the report promises."""
+    """Floor, cold path (each with both kernels) and a 64 MiB disk figure, once each, produce the
+    JSON and Markdown the report promises."""
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--reps", "1", "--only", "floor,coldpath,disk", "--sizes", "64",
          "--out", str(tmp_path)],
@@ -39,8 +40,14 @@ def test_a_one_repetition_benchmark_writes_json_and_markdown_with_the_expected_k
         assert section["failures"] == 0, section["errors"]
         assert len(section["samples"][metric]) == 1
         assert set(section["summary"][metric]) == SUMMARY_KEYS
+    # The comparison kernel (Debian's, by default) ran in the same run, with qemu's CPU time per boot.
+    for prefix in ("", "kernel-debian."):
+        assert len(document["sections"]["floor"]["samples"][f"{prefix}qemu_cpu_s"]) == 1
+        assert len(document["sections"]["coldpath"]["samples"][f"{prefix}to_running"]) == 1
+    assert set(document["headline"]["kernels"]) == {"fast", "debian"}
     assert {"overhead_s", "overhead_ratio"} <= document["headline"].keys()
-    assert {t["name"] for t in document["targets"]} >= {"executor overhead over the floor", "executor RSS"}
+    assert {t["name"] for t in document["targets"]} >= {"executor overhead over the floor", "executor RSS",
+                                                       "cold LAUNCH -> TASK_RUNNING", "qemu CPU per cold boot"}
 
     markdown = (tmp_path / "bench.md").read_text()
     for heading in ("## Environment", "## Headline", "## Targets", "## All figures"):

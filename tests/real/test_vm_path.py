@@ -43,7 +43,7 @@ def test_a_launcher_runs_in_a_fresh_guest_and_everything_is_removed(
                           shell_command='hostname; echo "$0"; exit 7')
         status = run_launcher(guest, spec, on_started=started.append, on_stdout=out.append,
                               on_stderr=lambda b: None)
-        assert set(guest.timings) == {"overlay", "define", "start", "lease", "ssh"}
+        assert set(guest.timings) == {"overlay", "define", "start", "lease", "ssh", "ssh.console", "ssh.connect"}
     assert status.code == 7
     assert b"".join(out).decode() == f"{req.name}\n/bin/sh\n"
     assert len(started) == 1 and started[0] > 1
@@ -139,3 +139,28 @@ def test_find_addr_exit_codes_for_missing_things() -> None:
         env={"VM_ISOLATION_LIBVIRT_URI": "qemu+unix:///system?socket=/nonexistent/sock", "PATH": "/usr/bin:/bin"})
     assert unreachable.returncode == 5, unreachable.stderr
     assert "host-setup" in unreachable.stderr
+
+
+@pytest.mark.parametrize("kind", ["fast", "debian"])
+def test_each_kernel_boots_the_same_disk_and_only_debians_has_modules_and_cgroups(
+        kind: str, settings: Settings, launcher: GuestLauncher, leftovers: Leftovers) -> None:
+    """The fast kernel boots without an initramfs straight into the disk's init; Debian's kernel
+    (``kernel = debian``, for tasks that need them) boots with its initramfs and has loadable
+    modules and cgroups. Either way the guest comes up with its host key, address and SSH."""
+    before = leftovers.snapshot()
+    req = dataclasses.replace(request(settings, f"kern-{kind}"), kernel=settings.images.guest_kernel(kind))
+    out: list[bytes] = []
+    with launcher.boot(req) as guest:
+        mac = guest.mac
+        spec = LaunchSpec(workdir="/", env={"PATH": PATH}, shell_command=(
+            "uname -r; test -e /proc/modules && echo modules; grep -qw cgroup2 /proc/filesystems && echo cgroups; "
+            "grep -q ' / ext4 ' /proc/mounts && echo root-ext4"))
+        status = run_launcher(guest, spec, on_started=lambda pgid: None, on_stdout=out.append,
+                              on_stderr=lambda b: None)
+    assert status.code == 0
+    release, *facts = b"".join(out).decode().split()
+    if kind == "fast":
+        assert release.endswith("-vmiso-fast") and facts == ["root-ext4"]
+    else:
+        assert release.endswith("-amd64") and facts == ["modules", "cgroups", "root-ext4"]
+    leftovers.assert_none_since(before, {mac}, prefixes=[req.name])

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from vm_isolation.config import (
+    GuestKernel,
     ImageSettings,
     Settings,
     load_settings,
@@ -60,6 +61,9 @@ def test_conf_path_comes_from_the_environment_when_not_given(tmp_path: Path) -> 
     ("[vm]\nbogus = 1\n", "unknown key"),
     ("[nonsense]\n", "unknown section"),
     ("[images]\ndefault = missing\n[image:busybox]\npath = b.qcow2\n", r"no \[image:missing\]"),
+    ("[image:busybox]\npath = b.qcow2\nkernel = vmlinux\n", "kernel = 'vmlinux': use one of fast, debian"),
+    ("[image:busybox]\npath = b.qcow2\ninitrd = i.gz\n", "path and \\(optionally\\) kernel"),
+    ("[image:busybox]\nkernel = fast\n", "path and \\(optionally\\) kernel"),
 ])
 def test_invalid_values_name_the_key(tmp_path: Path, text: str, words: str) -> None:
     """A bad value raises ConfigError naming what is wrong."""
@@ -83,6 +87,20 @@ def test_images_resolve_relative_to_the_image_dir(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="abs, py"):
         s.images.base("nope")
     assert isinstance(s.images, ImageSettings)
+
+
+def test_images_boot_the_fast_kernel_unless_they_ask_for_debians(tmp_path: Path) -> None:
+    """An image boots the fast kernel without an initramfs; `kernel = debian` gives Debian's
+    kernel with the shared initramfs; the paths resolve in [images] dir."""
+    s = load_settings(write(tmp_path, "[images]\ndir = /img\nkernel = deb/vmlinux\nfast_kernel = /k/fast\n"
+                                      "[image:busybox]\npath = b.qcow2\n"
+                                      "[image:busybox-debian]\npath = b.qcow2\nkernel = debian\n"), environ={})
+    assert s.images.kernel_for("busybox") == GuestKernel("fast", Path("/k/fast"), None)
+    assert s.images.kernel_for("busybox-debian") == GuestKernel(
+        "debian", Path("/img/deb/vmlinux"), Path("/img/initramfs.cpio.gz"))
+    defaults = load_settings(write(tmp_path, "[vm]\n"), environ={}).images
+    assert defaults.kernel_for(defaults.default) == GuestKernel(
+        "fast", Path("/var/lib/vm-isolation/images/vmlinux-fast"))
 
 
 @pytest.mark.parametrize("text, seconds", [("5secs", 5), ("2secs", 2), ("15mins", 900), ("100ms", 0.1),

@@ -42,6 +42,14 @@ def test_domain_xml_matches_the_golden_file() -> None:
     assert render(spec()) == GOLDEN.read_text()
 
 
+def test_a_kernel_without_an_initramfs_gets_no_initrd_element() -> None:
+    """initrd None (the fast kernel mounts its root itself): no <initrd>, the rest unchanged."""
+    xml = render(dataclasses.replace(spec(), initrd=None))
+    assert "<initrd>" not in xml
+    assert xml == render(spec()).replace(
+        "    <initrd>/var/lib/vm-isolation/images/initramfs.cpio.gz</initrd>\n", "")
+
+
 def test_hostile_owner_values_round_trip_as_text() -> None:
     """Quotes, markup and newlines in ids stay data: parsing gives back the same values."""
     xml = render(spec())

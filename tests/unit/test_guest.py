@@ -65,6 +65,8 @@ def test_boot_runs_the_phases_in_order_and_tears_down_in_reverse(world: World) -
         assert "vmiso.authkey=ssh-ed25519:AAAAclientkey" in spec.cmdline
         assert spec.owner.created_at == 1234.5
     assert phases == ["overlay", "define", "start", "lease", "ssh"]
+    # The ssh phase is split into waiting for the console lines and connecting.
+    assert guest.timings["ssh.console"] + guest.timings["ssh.connect"] == pytest.approx(guest.timings["ssh"])
     assert world.hv.calls == [("define", NAME), ("start", NAME), ("destroy", NAME), ("undefine", NAME)]
     world.assert_nothing_left()
 
@@ -245,6 +247,23 @@ def test_ssh_waits_for_ready_and_an_image_that_never_says_it_is_only_slower(tmp_
         assert guest.remote is silent.connector.sessions[0]
         assert silent.clock.monotonic() - started >= READY_GRACE_S
     assert "acpi=noirq" in silent.hv.specs[NAME].cmdline
+
+
+def test_the_fast_kernel_boots_without_initramfs_and_debians_with_it(world: World) -> None:
+    """A request that names no kernel boots the fast one straight into the disk's init; one with
+    Debian's kernel gets the initramfs and no root= (the initramfs mounts the disk)."""
+    with world.launcher.boot(world.request):
+        fast = world.hv.specs[NAME]
+    assert (fast.kernel, fast.initrd) == (world.settings.images.fast_kernel, None)
+    assert " root=/dev/vda rw rootfstype=ext4 init=/sbin/vmiso-init " in fast.cmdline
+    debian = replace(world.request, kernel=world.settings.images.guest_kernel("debian"))
+    with world.launcher.boot(debian):
+        spec = world.hv.specs[NAME]
+    assert (spec.kernel, spec.initrd) == (world.settings.images.kernel, world.settings.images.initrd)
+    assert "root=" not in spec.cmdline and "acpi=noirq" in spec.cmdline
+    world.assert_nothing_left()
+
+
 def test_guests_get_an_isolated_port_and_the_clean_traffic_filter_by_default(world: World) -> None:
     """[network] isolation = on (the default): the interface is an isolated bridge port with
     clean-traffic, its IP learnt from DHCP answers of the host's own address only."""

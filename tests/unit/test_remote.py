@@ -367,6 +367,28 @@ def test_connect_retries_while_the_ssh_server_hangs_up_during_startup(peer: Peer
     assert peer.guest.connections == 3 and clock.sleeps == [remote_module.CONNECT_RETRY_S] * 2
 
 
+def test_an_unanswered_syn_is_followed_by_a_fresh_one_not_the_kernels_1_s_retransmit(
+        peer: Peer, client_key: ClientKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the guest's replies are dropped (libvirt's filter has not learnt its address yet),
+    each TCP try gives up after SYN_ANSWER_S and a new connection is opened at once; the
+    session is then made over the first one that is answered."""
+    real = socket.create_connection
+    timeouts: list[float] = []
+
+    def unanswered_twice(address: Any, timeout: float, **kw: Any) -> socket.socket:
+        timeouts.append(timeout)
+        if len(timeouts) <= 2:
+            raise TimeoutError("timed out")
+        return real(address, timeout=timeout, **kw)
+
+    monkeypatch.setattr(remote_module.socket, "create_connection", unanswered_twice)
+    clock = FakeClock()
+    with connect(peer, client_key, deadline=Deadline.after(30, clock)) as session:
+        assert session.is_alive()
+    assert timeouts == [remote_module.SYN_ANSWER_S] * 3
+    assert peer.guest.connections == 1 and clock.sleeps == []
+
+
 def test_a_host_key_line_that_is_not_openssh_raises_ssh_error(peer: Peer, client_key: ClientKey) -> None:
     """A malformed announced host key is reported without trying to connect."""
     with pytest.raises(SshError, match="not an OpenSSH public key line"):

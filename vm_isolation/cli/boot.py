@@ -58,6 +58,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         request = GuestRequest(
             name=domain_name_for("boot"),
             base_image=settings.images.base(image),
+            kernel=settings.images.kernel_for(image),
             vcpus=max(1, math.ceil(args.cpus)),
             memory_mib=max(settings.vm.memory_floor_mib, args.mem or settings.vm.default_memory_mib),
             # Recorded so vm-isolation-reap can remove the guest if this process dies.

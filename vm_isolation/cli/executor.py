@@ -202,11 +202,15 @@ def _check(s: Settings) -> int:
     print(f"configuration: {s.source}")
     print(f"libvirt: {s.libvirt.uri}, network {s.libvirt.network}, domain type "
           f"{resolve_domain_type(s.libvirt.domain_type)} (configured {s.libvirt.domain_type})")
-    print(f"images: kernel {s.images.kernel}, initrd {s.images.initrd}, default {s.images.default}")
+    print(f"images: fast kernel {s.images.fast_kernel}; Debian kernel {s.images.kernel} with initrd "
+          f"{s.images.initrd}; default {s.images.default}")
     missing = 0
     for name, path in sorted(s.images.bases.items()):
         missing += not path.exists()
-        print(f"  image {name}: {path}{'' if path.exists() else ' (MISSING)'}")
+        kernel = s.images.kernel_for(name)
+        missing += not kernel.path.exists()
+        print(f"  image {name}: {path}{'' if path.exists() else ' (MISSING)'}, kernel {kernel.kind} "
+              f"({kernel.path}{'' if kernel.path.exists() else ', MISSING'})")
     return 1 if missing else 0
 
 
