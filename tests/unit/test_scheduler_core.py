@@ -86,6 +86,8 @@ def run_all(s: InstanceScheduler) -> None:
 @pytest.mark.parametrize("body, field", [
     ({"name": "../etc", "command": "x"}, "name"),
     ({"name": "a b", "command": "x"}, "name"),
+    ({"name": "web\n", "command": "x"}, "name"),
+    ({"name": "web-", "command": "x"}, "name"),
     ({"name": "A", "command": "x"}, "name"),
     ({"name": "x" * 33, "command": "x"}, "name"),
     ({"name": "web", "command": "x", "count": MAX_COUNT + 1}, "count"),

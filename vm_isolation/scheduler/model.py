@@ -18,13 +18,14 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
-"""Group, component and image names: lower-case letters, digits and inner dashes, 1-32 chars."""
+NAME_PATTERN = re.compile(r"[a-z](?:[a-z0-9-]{0,30}[a-z0-9])?")
+"""Group, component and image names: lower-case letters, digits and inner dashes, 1-32 chars
+(always used with ``fullmatch``: ``$`` would accept a trailing newline)."""
 MAX_COUNT = 64
 MAX_COMMAND = 8192
 MAX_ENV = 32
 MAX_ENV_VALUE = 4096
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 CPUS_RANGE = (0.05, 16.0)
 MEM_RANGE_MIB = (32.0, 16384.0)
 
@@ -76,7 +77,7 @@ def split_instance(name: str) -> tuple[str, int]:
 
 
 def check_name(value: object, what: str) -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         shown = repr(value)[:60]
         raise InvalidSpec(f"{what} must be 1-32 characters of a-z, 0-9 and inner '-', starting with a letter "
                           f"(got {shown})")
@@ -110,7 +111,7 @@ def _env(value: object) -> tuple[tuple[str, str], ...]:
         raise InvalidSpec(f"env may hold at most {MAX_ENV} variables")
     pairs = []
     for key, item in value.items():
-        if not ENV_NAME.match(key):
+        if not ENV_NAME.fullmatch(key):
             raise InvalidSpec(f"env: {key[:60]!r} is not a valid variable name")
         if not isinstance(item, str) or len(item) > MAX_ENV_VALUE or "\0" in item:
             raise InvalidSpec(f"env: {key} must be a string of at most {MAX_ENV_VALUE} characters without NUL")
