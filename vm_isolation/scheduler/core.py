@@ -78,6 +78,7 @@ class InstanceScheduler:
         self.orphans_killed: dict[str, float] = {}
         """Task ids killed because no wanted instance owns them -> when the kill was sent."""
         self.launches = 0
+        self.implicit_at = 0.0
         for record in store.tasks().values():
             group, ordinal = split_instance(record.instance)
             phase = Phase.PENDING if record.phase == Phase.PENDING else Phase.RECONCILING
@@ -97,6 +98,7 @@ class InstanceScheduler:
                 inst.phase = Phase.RECONCILING  # anything may have happened while we were away
         self._reconcile([i for i in self.instances.values() if i.phase == Phase.RECONCILING], now)
         self.driver.reconcile([])  # implicit: tasks the master has that we do not know of
+        self.implicit_at = now
         self.converge()
 
     def on_disconnected(self) -> None:
@@ -165,6 +167,9 @@ class InstanceScheduler:
                 if inst.phase == Phase.KILLING and now - inst.last_sent_at >= t.kill_retry_s:
                     self.driver.kill(inst.task_id, inst.agent_id)
                     inst.last_sent_at = now
+            if now - self.implicit_at >= t.implicit_reconcile_s:
+                self.driver.reconcile([])
+                self.implicit_at = now
         self.converge()
 
     # --- API ----------------------------------------------------------------------------------

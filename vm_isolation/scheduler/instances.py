@@ -80,6 +80,9 @@ class Timings:
     kill_retry_s: float = 10.0
     launch_timeout_s: float = 60.0
     """A LAUNCHING task with no status this long is asked about (explicit reconciliation)."""
+    implicit_reconcile_s: float = 15.0
+    """How often the master is asked for every task it has for us (a task no wanted instance
+    owns, e.g. one that came back with its agent after being reported lost, is then killed)."""
     known_agent_ttl_s: float = 20.0
     refuse_unusable_s: float = 300.0
     """Decline filter for an agent whose attributes do not qualify."""
