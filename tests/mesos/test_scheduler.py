@@ -11,26 +11,18 @@ The placement table and the restart counts are printed (``-s`` shows them).
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pytest
 
-from tests.mesos.cluster import MesosCluster, MesosHome, free_port, http_json
+from tests.mesos.cluster import MesosCluster, MesosHome, http_json
 from tests.mesos.conftest import no_containers_left
-from tests.mesos.framework import EXECUTOR
+from tests.mesos.schedulerproc import SchedulerProcess
 from tests.real.conftest import Leftovers
 from vm_isolation.config import Settings
 from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.waiting import Deadline, poll_until
 
-SCHEDULER = Path(sys.executable).parent / "vm-isolation-scheduler"
 GROUP = "sched-web"
 COUNT = 6
 BODY = {"name": GROUP, "command": "sleep 3600", "count": COUNT, "cpus": 0.2, "mem": 128, "image": "busybox"}
@@ -38,64 +30,6 @@ BOOT_S = 360.0
 MASTER_FLAGS = ("--agent_ping_timeout=1secs", "--max_agent_ping_timeouts=3")
 """An agent that stops answering is unreachable after ~3 s (default: 75 s)."""
 VM_AGENT = "cpus:2;mem:2048"
-
-
-class SchedulerProcess:
-    """The real vm-isolation-scheduler CLI, its log in ``base``; SIGKILL and start it at will."""
-
-    def __init__(self, master: str, base: Path) -> None:
-        self.master, self.base = master, base
-        self.port = free_port("127.0.0.1")
-        self.store = base / "scheduler.db"
-        self.runs = 0
-        self.process: Optional[subprocess.Popen[bytes]] = None
-
-    def start(self) -> None:
-        self.runs += 1
-        with (self.base / f"scheduler.{self.runs}.log").open("wb") as log:
-            self.process = subprocess.Popen(
-                [str(SCHEDULER), "--master", self.master, "--listen", f"127.0.0.1:{self.port}", "--store",
-                 f"sqlite:{self.store}", "--executor", str(EXECUTOR), "--name", "vmiso-scheduler-test",
-                 "--failover-timeout", "900", "--verbose"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        poll_until(lambda: True if self._registered() else None, Deadline.after(60), what="the scheduler to register")
-
-    def _registered(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"the scheduler exited {self.process.returncode}: {self.log_tail()}")
-        try:
-            return bool(self.api("GET", "/v1/health")[1].get("registered"))
-        except OSError:
-            return False
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = (self.base / f"scheduler.{self.runs}.log").read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(30)
-
-    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=15) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-
-    def instances(self) -> list[dict[str, Any]]:
-        status, group = self.api("GET", f"/v1/instances/{GROUP}")
-        assert status == 200, group
-        return list(group["instances"])
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +78,7 @@ def framework_id(sched: SchedulerProcess) -> str:
 
 def wait_all_running(sched: SchedulerProcess, timeout_s: float = BOOT_S) -> list[dict[str, Any]]:
     def probe() -> Optional[list[dict[str, Any]]]:
-        found = sched.instances()
+        found = sched.instances(GROUP)
         return found if len(found) == COUNT and all(i["phase"] == "running" for i in found) else None
     return poll_until(probe, Deadline.after(timeout_s), interval_s=1.0, what=f"all {COUNT} instances running")
 
@@ -164,7 +98,7 @@ def table(cluster: MesosCluster, tasks: list[dict[str, Any]]) -> str:
 def assert_store_and_master_agree(cluster: MesosCluster, sched: SchedulerProcess) -> list[dict[str, Any]]:
     """One active master task per instance, no other, each the task and agent the scheduler has."""
     tasks = master_tasks(cluster, framework_id(sched))
-    ours = {i["task_id"]: i["agent_id"] for i in sched.instances()}
+    ours = {i["task_id"]: i["agent_id"] for i in sched.instances(GROUP)}
     theirs = {t["id"]: t["slave_id"] for t in tasks}
     assert sorted(t["name"] for t in tasks) == [f"{GROUP}-{i}" for i in range(COUNT)], table(cluster, tasks)
     assert theirs == ours, (theirs, ours)
@@ -178,8 +112,10 @@ def test_six_instances_land_three_and_three_on_the_vm_agents_across_a_scheduler_
     agents, none on the third."""
     status, answer = scheduler.api("POST", "/v1/instances", BODY)
     assert status == 201 and answer["created"], answer
-    launched = poll_until(lambda: (lambda xs: xs if all(i["task_id"] for i in xs) else None)(scheduler.instances()),
-                          Deadline.after(120), what="all six instances launched")
+    def all_launched() -> Optional[list[dict[str, Any]]]:
+        found = scheduler.instances(GROUP)
+        return found if all(i["task_id"] for i in found) else None
+    launched = poll_until(all_launched, Deadline.after(120), what="all six instances launched")
     running_at_kill = sum(i["phase"] == "running" for i in launched)
     scheduler.kill()
     assert running_at_kill < COUNT, "every instance already ran: the kill did not happen while booting"
@@ -233,7 +169,7 @@ def test_a_sigkilled_agents_instances_are_relaunched_on_the_other_vm_agent(
     vm_a.daemon.process.wait()
 
     def all_on_b() -> Optional[list[dict[str, Any]]]:
-        found = scheduler.instances()
+        found = scheduler.instances(GROUP)
         done = all(i["phase"] == "running" and i["agent_id"] == vm_b.id for i in found)
         return found if done else None
     poll_until(all_on_b, Deadline.after(BOOT_S), interval_s=1.0, what="every instance running on vm-b")

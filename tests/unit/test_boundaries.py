@@ -15,6 +15,7 @@ OWNERS = {
     "netifaces": {"hostnet.py"},
     "jinja2": {"launcher.py"},
     "pymesos": {"mesos.py", "scheduler/mesos_driver.py"},  # the executor and the scheduler side of Mesos
+    "kazoo": {"scheduler/zkstore.py"},
 }
 
 

@@ -8,30 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from vm_isolation.scheduler.model import parse_group
-from vm_isolation.scheduler.store import GroupRecord, SqliteStore, StoreError, TaskRecord, open_store
+from tests.unit.store_contract import check_store_contract
+from vm_isolation.scheduler.store import SqliteStore, StoreError, open_store
 
 
-def test_groups_tasks_and_the_framework_id_round_trip(tmp_path: Path) -> None:
-    """Each kind of row comes back equal after close and reopen; removals stick."""
-    spec = parse_group({"name": "web", "command": "sleep 1", "count": 2, "env": {"B": "2", "A": "1"}})
-    store = SqliteStore(tmp_path / "s.db")
-    store.set_framework_id("fw-1")
-    store.put_group(GroupRecord(spec))
-    store.put_group(GroupRecord(parse_group({"name": "db", "command": "x"}), deleting=True))
-    store.put_task(TaskRecord("web-0", "web-0.aa", "agent-1", "running"))
-    store.put_task(TaskRecord("web-1", "web-1.bb", "agent-2", "launching"))
-    store.put_task(TaskRecord("web-1", "web-1.cc", "agent-2", "launching"))  # the instance's new task replaces it
-    store.remove_task("web-0")
-    store.close()
-    again = SqliteStore(tmp_path / "s.db")
-    assert again.framework_id() == "fw-1"
-    assert again.groups() == {"db": GroupRecord(parse_group({"name": "db", "command": "x"}), True),
-                              "web": GroupRecord(spec)}
-    assert again.tasks() == {"web-1": TaskRecord("web-1", "web-1.cc", "agent-2", "launching")}
-    again.set_framework_id(None)
-    again.remove_group("db")
-    assert again.framework_id() is None and list(again.groups()) == ["web"]
+def test_the_sqlite_store_keeps_the_store_contract(tmp_path: Path) -> None:
+    """check_store_contract on one SQLite file."""
+    check_store_contract(lambda: SqliteStore(tmp_path / "s.db"))
 
 
 def test_a_write_survives_the_writer_being_killed(tmp_path: Path) -> None:
@@ -61,3 +44,6 @@ def test_store_uris(tmp_path: Path) -> None:
     open_store(str(tmp_path / "b.db")).close()
     with pytest.raises(ValueError, match="unknown store"):
         open_store("etcd:x")
+    for bad in ("zk://", "zk://h:1", "zk://h:1/", "zk://h:1/a/../b", "zk:///a"):
+        with pytest.raises(ValueError, match="ZooKeeper store"):
+            open_store(bad)

@@ -2,16 +2,19 @@
 running on VM-capable agents, declared through an HTTP API.
 
     vm-isolation-scheduler --master HOST:PORT|zk://HOST:PORT/mesos [--listen HOST:PORT]
-                           [--store sqlite:PATH] [--attribute NAME:VALUE ...] [--name NAME]
+                           [--store sqlite:PATH|zk://HOST:PORT[,...]/PATH]
+                           [--attribute NAME:VALUE ...] [--name NAME]
                            [--user USER] [--role ROLE] [--failover-timeout SECONDS]
                            [--executor PATH] [--executor-config PATH] [--verbose]
 
 It registers with checkpointing and a failover timeout, keeps its framework id in the store and
 re-registers with it after a restart (kill it at any point: it reconciles with the master and
-adopts what runs). SIGTERM/SIGINT disconnect it without tearing the framework down: the
-instances keep running until it comes back (or the failover timeout passes). Exit status 0
-after SIGTERM/SIGINT, 1 when the master removed the framework or the loop failed, 2 for bad
-arguments or an unusable store.
+adopts what runs). With a ZooKeeper store several schedulers may run: one is elected leader and
+acts, the others answer only ``/v1/health`` (503 elsewhere) until they are elected.
+SIGTERM/SIGINT disconnect it without tearing the framework down: the instances keep running
+until it comes back (or the failover timeout passes). Exit status 0 after SIGTERM/SIGINT, 1 when
+the master removed the framework, the loop failed or the leader lost its ZooKeeper session, 2
+for bad arguments or an unusable store.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import importlib.util
 import logging
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -30,8 +34,9 @@ from ..scheduler.core import InstanceScheduler
 from ..scheduler.mesos_driver import MesosDriver
 from ..scheduler.placement import parse_constraints
 from ..scheduler.service import EventLoop
-from ..scheduler.store import StoreError, open_store
+from ..scheduler.store import Store, StoreError, open_store
 from ..scheduler.taskinfo import ExecutorCommand
+from ..scheduler.zkstore import ZkStore
 from ..waiting import SYSTEM_CLOCK
 from .common import configure_logging
 
@@ -44,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vm-isolation-scheduler", description=__doc__.split("\n\n")[0])
     p.add_argument("--master", required=True, help="HOST:PORT of a master, or zk://HOST:PORT[,...]/mesos")
     p.add_argument("--listen", default="127.0.0.1:8091", metavar="HOST:PORT", help="the HTTP API (default %(default)s)")
-    p.add_argument("--store", default=DEFAULT_STORE, help="durable state (default %(default)s)")
+    p.add_argument("--store", default=DEFAULT_STORE,
+                   help="durable state: sqlite:PATH or zk://HOST:PORT[,...]/PATH (default %(default)s)")
     p.add_argument("--attribute", action="append", default=None, metavar="NAME:VALUE",
                    help="agents must have this attribute (repeatable; default vt_enabled:1)")
     p.add_argument("--name", default="vm-isolation-scheduler", help="the framework's name")
@@ -85,8 +91,34 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"vm-isolation-scheduler: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
+    lost = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    api = Api(None, standby=store.leader if isinstance(store, ZkStore) else lambda: None)
+    server = serve(api, host, port)
+    log.info("API on http://%s:%d/v1/instances; master %s", host, server.server_address[1], args.master)
+    if isinstance(store, ZkStore):
+        def on_lost() -> None:
+            lost.set()
+            stop.set()
+        store.on_lost = on_lost
+        log.info("standing by until this scheduler is elected leader")
+        if not store.wait_for_leadership(f"{socket.gethostname()}:{server.server_address[1]}", stop):
+            server.shutdown()
+            store.close()
+            return 0
+        log.info("elected leader")
+    code = _lead(args, store, required, api, stop)
+    server.shutdown()
+    store.close()
+    if lost.is_set():
+        print("vm-isolation-scheduler: lost the ZooKeeper session (no longer the leader): exiting", file=sys.stderr)
+        return 1
+    return code
+
+
+def _lead(args: argparse.Namespace, store: Store, required: dict[str, str], api: Api, stop: threading.Event) -> int:
+    """Run as the acting scheduler until ``stop`` is set or the loop fails."""
     executor = ExecutorCommand(args.executor, args.executor_config)
     loop: EventLoop
     driver = MesosDriver(args.master, _framework_info(args), lambda kind, payload: loop.post(kind, payload),
@@ -94,15 +126,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     core = InstanceScheduler(store, driver, SYSTEM_CLOCK, executor, required=required)
     loop = EventLoop(core, on_exit=stop.set)
     loop.start()
-    server = serve(Api(loop), host, port)
-    log.info("API on http://%s:%d/v1/instances; master %s; framework id %s", host, server.server_address[1],
-             args.master, store.framework_id() or "(new)")
+    api.loop = loop
+    log.info("framework id %s", store.framework_id() or "(new)")
     driver.start()
     stop.wait()
-    server.shutdown()
+    api.loop = None
     driver.stop()
     loop.stop()
-    store.close()
     if loop.failure is not None:
         print(f"vm-isolation-scheduler: {loop.failure}", file=sys.stderr)
         return 1

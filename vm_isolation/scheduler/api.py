@@ -54,16 +54,25 @@ def _result(result: CreateResult, created: HTTPStatus = HTTPStatus.CREATED) -> t
 class Api:
     """Routes a request to the scheduler loop; pure apart from ``loop.call``."""
 
-    def __init__(self, loop: EventLoop) -> None:
+    def __init__(self, loop: Optional[EventLoop], standby: Callable[[], Any] = lambda: None) -> None:
         self.loop = loop
+        """None while this scheduler stands by (another one leads): then only health answers."""
+        self.standby = standby
+        """What health says about the leader while standing by."""
 
     def _on_loop(self, fn: Callable[[InstanceScheduler], Any]) -> Any:
-        return self.loop.call(lambda: fn(self.loop.core))
+        loop = self.loop
+        if loop is None:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"this scheduler stands by; the leader is {self.standby()}")
+        return loop.call(lambda: fn(loop.core))
 
     def handle(self, method: str, path: str, body: Optional[bytes]) -> tuple[HTTPStatus, Any]:
         path = path.split("?", 1)[0]
         if path == "/v1/health" and method == "GET":
-            return HTTPStatus.OK, self._on_loop(lambda c: {"registered": c.registered, "framework_id": c.framework_id})
+            if self.loop is None:
+                return HTTPStatus.OK, {"registered": False, "leader": False, "current_leader": self.standby()}
+            return HTTPStatus.OK, self._on_loop(lambda c: {"registered": c.registered, "leader": True,
+                                                           "framework_id": c.framework_id})
         if path in (PREFIX, PREFIX + "/"):
             if method == "GET":
                 return HTTPStatus.OK, self._on_loop(lambda c: c.describe())

@@ -126,12 +126,26 @@ class SqliteStore:
 
 
 def open_store(uri: str) -> Store:
-    """``sqlite:PATH`` (or a bare path) -> :class:`SqliteStore`; ValueError for an unknown scheme."""
+    """``sqlite:PATH`` (or a bare path) -> :class:`SqliteStore`, ``zk://HOSTS/PATH`` -> ZkStore;
+    ValueError for anything else."""
     scheme, sep, rest = uri.partition(":")
     if sep and scheme == "sqlite":
         return SqliteStore(Path(rest))
-    if sep and scheme in ("zk", "zookeeper"):
-        raise ValueError("the ZooKeeper store is not implemented yet; use sqlite:PATH")
+    if sep and scheme == "zk":
+        hosts, root = parse_zk_uri(uri)
+        from .zkstore import ZkStore  # only then is kazoo needed
+        return ZkStore(hosts, root)
     if not sep or "/" in scheme:
         return SqliteStore(Path(uri))
-    raise ValueError(f"unknown store {uri!r}: use sqlite:PATH")
+    raise ValueError(f"unknown store {uri!r}: use sqlite:PATH or zk://HOST:PORT[,...]/PATH")
+
+
+def parse_zk_uri(uri: str) -> tuple[str, str]:
+    """``zk://h1:2181,h2:2181/vm-isolation/scheduler`` -> (hosts, root path)."""
+    rest = uri[len("zk://"):] if uri.startswith("zk://") else ""
+    hosts, slash, root = rest.partition("/")
+    if not hosts or not slash or not root.strip("/"):
+        raise ValueError(f"ZooKeeper store {uri!r} is not zk://HOST:PORT[,HOST:PORT...]/PATH")
+    if any(part in ("", ".", "..") for part in root.strip("/").split("/")):
+        raise ValueError(f"ZooKeeper store {uri!r}: the path must not have empty, . or .. components")
+    return hosts, "/" + root.strip("/")
