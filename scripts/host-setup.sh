@@ -42,10 +42,11 @@ VIRSH=(virsh -c qemu:///system)
 #                                   .. the test guest image (scripts/build-image.sh)
 # tini ............................ child subreaper for libvirtd (see above)
 # acl ............................. setfacl: the tests let their framework user reach the checkout
+# zookeeper ....................... the server for vm-isolation-scheduler's ZooKeeper store tests
 PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
   pkg-config gcc python3-venv python3-dev dnsmasq-base dnsmasq-utils busybox-static dropbear-bin
   openssh-sftp-server openssh-client iptables nftables iproute2 kmod cpio gzip xz-utils e2fsprogs
-  tini acl make)
+  tini acl make zookeeper)
 
 say() { printf 'host-setup: %s\n' "$*" >&2; }
 die() { printf 'host-setup: ERROR: %s\n' "$*" >&2; exit 1; }

@@ -148,8 +148,8 @@ class InstanceScheduler:
                     self.hooks.on_running(inst.name, inst.task_id, inst.agent_id)
                 self._set_phase(inst, Phase.RUNNING)
                 inst.attempts = 0
-        elif inst.phase != Phase.KILLING:
-            self._set_phase(inst, Phase.STARTING)
+        elif status.state in ("TASK_STAGING", "TASK_STARTING") and inst.phase != Phase.KILLING:
+            self._set_phase(inst, Phase.STARTING)  # (TASK_KILLING changes nothing: the end follows)
         if status.agent_id and not inst.agent_id:
             inst.agent_id = status.agent_id
         self.converge()
