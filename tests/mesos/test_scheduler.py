@@ -11,13 +11,14 @@ The placement table and the restart counts are printed (``-s`` shows them).
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any, Iterator, Optional
 
 import pytest
 
 from tests.mesos.cluster import MesosCluster, MesosHome, http_json
 from tests.mesos.conftest import no_containers_left
-from tests.mesos.schedulerproc import SchedulerProcess
+from tests.mesos.schedulerproc import SCHEDULER, SchedulerProcess
 from tests.real.conftest import Leftovers
 from vm_isolation.config import Settings
 from vm_isolation.hypervisor import LibvirtHypervisor
@@ -200,3 +201,19 @@ def test_delete_kills_every_task_and_frees_the_agents(
     found.assert_none_since(before, prefixes=[f"vmiso-{GROUP}-"])
 
 
+
+
+def test_vm_isolation_run_through_the_master_runs_one_task_on_a_vm_agent(vm_cluster: MesosCluster) -> None:
+    """``vm-isolation-run --master``: the task runs on a vt_enabled:1 agent, its stdout is
+    printed, its exit status is the command's, and the framework is gone afterwards."""
+    run = subprocess.run([str(SCHEDULER.parent / "vm-isolation-run"), "--master", vm_cluster.master_address,
+                          "--command", "echo cluster-run-marker; exit 3", "--cpus", "0.2", "--mem", "128"],
+                         capture_output=True, text=True, timeout=BOOT_S)
+    assert run.returncode == 3, run.stderr[-3000:]
+    assert run.stdout.strip() == "cluster-run-marker", (run.stdout, run.stderr[-2000:])
+    vm_a, vm_b, _ = vm_cluster.agents
+    assert f"launched on agent {vm_a.id}" in run.stderr or f"launched on agent {vm_b.id}" in run.stderr, run.stderr
+    for agent in vm_cluster.agents:
+        no_containers_left(agent)
+    frameworks = http_json(f"{vm_cluster.master_url}/master/state")["frameworks"]
+    assert "vm-isolation-run" not in {f["name"] for f in frameworks}

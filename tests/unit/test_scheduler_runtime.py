@@ -15,7 +15,8 @@ from vm_isolation.scheduler.core import InstanceScheduler
 from vm_isolation.scheduler.instances import TaskStatus
 from vm_isolation.scheduler.mesos_driver import _Callbacks
 from vm_isolation.scheduler.model import parse_group
-from vm_isolation.scheduler.placement import Offer
+from vm_isolation.scheduler.oneshot import OneShot
+from vm_isolation.scheduler.placement import Need, Offer
 from vm_isolation.scheduler.service import EventLoop
 from vm_isolation.scheduler.store import SqliteStore
 from vm_isolation.scheduler.taskinfo import ExecutorCommand, identity_env, task_info
@@ -63,3 +64,20 @@ def test_the_task_info_runs_the_command_with_the_instance_identity() -> None:
     assert info["task_id"] == {"value": "db-2.ab"} and info["executor"]["command"]["value"] == "/opt/x"
     assert info["executor"]["command"]["arguments"] == ["vm-isolation-executor", "--config", "/etc/c.conf"]
     assert {"key": "vm_isolation.image", "value": "busybox"} in info["labels"]["labels"]
+
+
+def test_a_one_off_run_takes_the_first_qualifying_offer_that_fits_and_declines_the_rest() -> None:
+    """vm-isolation-run --master: the plain agent and a too-small offer are declined, one task
+    is launched on the VM agent with its agent id, offers are suppressed, the end is recorded."""
+    d = FakeDriver()
+    task = {"task_id": {"value": "vm-isolation-run-1"}, "name": "vm-isolation-run"}
+    run = OneShot(d, task, Need("vm-isolation-run-1", "run", 1.0, 256), {"vt_enabled": "1"})
+    run.on_offers([Offer("small", "a", "h", 0.5, 4096, {"vt_enabled": "1"}),
+                   Offer("plain", "p", "h", 4, 4096, {"vt_enabled": "0"})])
+    assert d.launched() == [] and d.named("decline") == [(("small", "plain"), 1.0)]
+    run.on_offers([Offer("big", "b", "h", 2, 4096, {"vt_enabled": "1"}), Offer("other", "c", "h", 2, 4096,
+                                                                              {"vt_enabled": "1"})])
+    assert d.launched() == [{**task, "agent_id": {"value": "b"}}] and ("suppress", None) in d.calls
+    run.on_status(TaskStatus("someone-else", "TASK_FINISHED"))
+    run.on_status(TaskStatus("vm-isolation-run-1", "TASK_FAILED", data=b'{"exit_status": 3}'))
+    assert run.final is not None and run.final.state == "TASK_FAILED"

@@ -18,6 +18,7 @@ owns and changes on its single thread.
 
 from __future__ import annotations
 
+import base64
 import enum
 from dataclasses import dataclass
 from typing import Mapping, Optional
@@ -52,6 +53,7 @@ class TaskStatus:
     reason: str = ""
     message: str = ""
     source: str = ""
+    data: bytes = b""
 
     @property
     def terminal(self) -> bool:
@@ -63,7 +65,17 @@ def decode_status(raw: Mapping[str, object]) -> TaskStatus:
     return TaskStatus(task_id=str(raw["task_id"]["value"]), state=str(raw.get("state", "")),  # type: ignore[index]
                       agent_id=str(agent.get("value", "")) if isinstance(agent, dict) else "",
                       reason=str(raw.get("reason", "")), message=str(raw.get("message", "")),
-                      source=str(raw.get("source", "")))
+                      source=str(raw.get("source", "")), data=_data(raw.get("data")))
+
+
+def _data(raw: object) -> bytes:
+    """TaskStatus.data is base64 in the v1 JSON API; unreadable data is dropped."""
+    if not isinstance(raw, str):
+        return b""
+    try:
+        return base64.b64decode(raw, validate=True)
+    except ValueError:
+        return b""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ reconciliation repair whatever it would have done.
 NOTE: pymesos reports the first SUBSCRIBED as ``registered`` only if it had no framework id;
 with a stored id (re-registration after a restart) it calls ``reregistered`` without one, so
 both read ``driver.framework_id``. ``stop(failover=False)`` sends TEARDOWN (every task is
-killed): this adapter always stops with ``failover=True``; tearing down is the operator's call.
+killed): this adapter stops with ``failover=True`` unless asked to tear down (vm-isolation-run).
 """
 
 from __future__ import annotations
@@ -91,9 +91,10 @@ class MesosDriver:
     def start(self) -> None:
         self._driver.start()
 
-    def stop(self) -> None:
-        """Disconnect, leaving the framework (and its tasks) to its failover timeout."""
-        self._driver.stop(failover=True)
+    def stop(self, *, teardown: bool = False) -> None:
+        """Disconnect, leaving the framework (and its tasks) to its failover timeout; with
+        ``teardown`` the framework is removed and its tasks are killed (one-off runs)."""
+        self._driver.stop(failover=not teardown)
         self._driver.join()
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
