@@ -7,6 +7,7 @@ Like test_scheduler.py the tests share the module's cluster and group and run in
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -98,11 +99,14 @@ def test_only_the_leader_acts_and_the_standby_takes_over(zk_cluster: MesosCluste
     framework = one.health()["framework_id"]
     assert [f["id"] for f in http_json(f"{zk_cluster.master_url}/master/state")["frameworks"]] == [framework]
     one.kill()
+    killed_at = time.monotonic()
     two.wait_registered(TAKEOVER_S)
+    took = time.monotonic() - killed_at
     assert two.health()["framework_id"] == framework
     after = wait_running(two, 120)
     tasks = framework_tasks(zk_cluster)
-    print(f"\nZooKeeper takeover: tasks before {len(before)}, after {len(tasks)}, same ids {before == after}, "
+    print(f"\nZooKeeper takeover: SIGKILL -> standby registered {took:.1f} s; "
+          f"tasks before {len(before)}, after {len(tasks)}, same ids {before == after}, "
           f"duplicates {len(tasks) - len({t['name'] for t in tasks})}")
     assert after == before and sorted(t["id"] for t in tasks) == sorted(before.values())
 

@@ -1,5 +1,9 @@
 """Lifecycle hooks (the Huawei callbacks): render an instance's environment before launch,
 and hear when it runs, is lost or finishes. They run on the scheduler's thread: keep them quick.
+
+``on_running`` fires again for a task adopted after a restart or re-registration (its phase
+was unknown until the master answered); ``on_lost``/``on_finished`` never fire for a task the
+scheduler killed itself (delete, scale down).
 """
 
 from __future__ import annotations

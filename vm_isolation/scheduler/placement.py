@@ -97,13 +97,13 @@ def place(needs: Sequence[Need], offers: Sequence[Offer], required: Mapping[str,
     tally = dict(counts)
     known = dict(known_free or {})
     placements: list[Placement] = []
+    in_hand = {o.agent_id for o in usable}
     for need in needs:
         candidates = [o for o in usable if fits(free[o.id][0], free[o.id][1], need)]
         if not candidates:
             continue
         best = min(candidates, key=lambda o: (tally.get((o.agent_id, need.component), 0), o.agent_id))
         best_count = tally.get((best.agent_id, need.component), 0)
-        in_hand = {o.agent_id for o in usable}
         waiting_for = [agent for agent, (cpus, mem) in known.items()
                        if agent not in in_hand and fits(cpus, mem, need)
                        and tally.get((agent, need.component), 0) < best_count]
