@@ -8,6 +8,7 @@ Like test_scheduler.py the tests share the module's cluster and group and run in
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -129,3 +130,23 @@ def test_a_sigkilled_leader_restarted_alone_adopts_the_same_tasks(zk_cluster: Me
                Deadline.after(120), what="the group to be gone")
     for agent in zk_cluster.agents:
         no_containers_left(agent)
+
+
+def test_the_scheduler_finds_its_master_through_zookeeper(mesos_home: MesosHome, zookeeper: ZooKeeperServer,
+                                                         tmp_path: Path) -> None:
+    """``--master zk://HOST:PORT/mesos``: a master started with ``--zk`` is detected and the
+    scheduler registers with it (checkpointing on, the failover timeout it was given)."""
+    cluster = MesosCluster(mesos_home, tmp_path / "mesos")
+    zk_master = f"zk://{zookeeper.hosts}/mesos-detect"
+    try:
+        cluster.start_master((f"--zk={zk_master}", "--quorum=1"))
+        sched = SchedulerProcess(zk_master, tmp_path, name="detect")
+        sched.start()
+        try:
+            frameworks = http_json(f"{cluster.master_url}/master/state")["frameworks"]
+            assert [(f["id"], f["checkpoint"], f["failover_timeout"]) for f in frameworks] == [
+                (sched.health()["framework_id"], True, 900.0)]
+        finally:
+            sched.stop()
+    finally:
+        cluster.stop()
