@@ -55,6 +55,10 @@ def run_on_master(args: argparse.Namespace, env: dict[str, str], executor: Execu
         while run.final is None:
             now = time.monotonic()
             if killed_at is None and now - t0 > args.timeout:
+                if run.agent_id is None:
+                    say(f"no usable offer within {args.timeout:g} s (is an agent with {required} registered "
+                        "and does it have the resources?)")
+                    break
                 say(f"no terminal status within {args.timeout:g} s: killing the task")
                 driver.kill(task_id, run.agent_id or "")
                 killed_at = now
