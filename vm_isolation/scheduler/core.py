@@ -117,17 +117,19 @@ class InstanceScheduler:
         by_offer: dict[str, list[str]] = {}
         for p in placements:
             by_offer.setdefault(p.offer_id, []).append(p.instance)
-        unused = {"unusable": [], "idle": [], "busy": []}  # type: dict[str, list[str]]
+        t = self.timings
+        unused: dict[float, list[str]] = {}  # refuse_seconds -> offer ids declined with it
         for o in offers:
             if o.id in by_offer:
                 self._launch(o, by_offer[o.id], now)
-            elif not qualifies(o.attributes, self.required):
-                unused["unusable"].append(o.id)
+                continue
+            if not qualifies(o.attributes, self.required):
+                refuse = t.refuse_unusable_s
             else:
-                unused["busy" if self._wants_offers(now) else "idle"].append(o.id)
-        for kind, ids in unused.items():
-            if ids:
-                self.driver.decline(ids, getattr(self.timings, f"refuse_{kind}_s"))
+                refuse = t.refuse_busy_s if self._wants_offers(now) else t.refuse_idle_s
+            unused.setdefault(refuse, []).append(o.id)
+        for refuse, ids in unused.items():
+            self.driver.decline(ids, refuse)
         self.converge()
 
     def on_status(self, status: TaskStatus) -> None:
