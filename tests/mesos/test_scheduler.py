@@ -24,12 +24,16 @@ from vm_isolation.config import Settings
 from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.waiting import Deadline, poll_until
 
+MASTER_READ_S = 30.0
+"""/master/state took over 5 s (cluster.py's default) while the whole suite loaded this host."""
+
 GROUP = "sched-web"
 COUNT = 6
 BODY = {"name": GROUP, "command": "sleep 3600", "count": COUNT, "cpus": 0.2, "mem": 128, "image": "busybox"}
 BOOT_S = 360.0
-MASTER_FLAGS = ("--agent_ping_timeout=1secs", "--max_agent_ping_timeouts=3")
-"""An agent that stops answering is unreachable after ~3 s (default: 75 s)."""
+MASTER_FLAGS = ("--agent_ping_timeout=2secs", "--max_agent_ping_timeouts=5")
+"""An agent that stops answering is unreachable after ~10 s (default: 75 s). NOTE: 1 s x 3 made
+the master drop both healthy agents while the whole suite loaded this 2-core host."""
 VM_AGENT = "cpus:2;mem:2048"
 
 
@@ -66,7 +70,7 @@ def scheduler(vm_cluster: MesosCluster, tmp_path_factory: pytest.TempPathFactory
 
 def master_tasks(cluster: MesosCluster, framework_id: str) -> list[dict[str, Any]]:
     """The framework's non-terminal tasks as the master has them."""
-    state = http_json(f"{cluster.master_url}/master/state")
+    state = http_json(f"{cluster.master_url}/master/state", MASTER_READ_S)
     for fw in state.get("frameworks", []):
         if fw.get("id") == framework_id:
             return list(fw.get("tasks", []))
@@ -195,7 +199,7 @@ def test_delete_kills_every_task_and_frees_the_agents(
     assert master_tasks(vm_cluster, framework_id(scheduler)) == []
     for agent in vm_cluster.agents:
         no_containers_left(agent)
-    state = http_json(f"{vm_cluster.master_url}/master/state")
+    state = http_json(f"{vm_cluster.master_url}/master/state", MASTER_READ_S)
     used = {s["id"]: s["used_resources"].get("cpus", 0) for s in state["slaves"] if s["active"]}
     assert used == {a.id: 0 for a in vm_cluster.agents}, used
     found.assert_none_since(before, prefixes=[f"vmiso-{GROUP}-"])
@@ -215,5 +219,5 @@ def test_vm_isolation_run_through_the_master_runs_one_task_on_a_vm_agent(vm_clus
     assert f"launched on agent {vm_a.id}" in run.stderr or f"launched on agent {vm_b.id}" in run.stderr, run.stderr
     for agent in vm_cluster.agents:
         no_containers_left(agent)
-    frameworks = http_json(f"{vm_cluster.master_url}/master/state")["frameworks"]
+    frameworks = http_json(f"{vm_cluster.master_url}/master/state", MASTER_READ_S)["frameworks"]
     assert "vm-isolation-run" not in {f["name"] for f in frameworks}

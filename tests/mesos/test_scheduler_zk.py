@@ -20,6 +20,9 @@ from tests.unit.store_contract import check_store_contract
 from vm_isolation.scheduler.zkstore import ZkStore
 from vm_isolation.waiting import Deadline, poll_until
 
+MASTER_READ_S = 30.0
+"""/master/state took over 5 s (cluster.py's default) while the whole suite loaded this host."""
+
 GROUP = "zk-web"
 COUNT = 2
 BODY = {"name": GROUP, "command": "sleep 3600", "count": COUNT, "cpus": 0.2, "mem": 128}
@@ -68,7 +71,7 @@ def pair(zk_cluster: MesosCluster, zookeeper: ZooKeeperServer,
 
 
 def framework_tasks(cluster: MesosCluster) -> list[dict[str, Any]]:
-    state = http_json(f"{cluster.master_url}/master/state")
+    state = http_json(f"{cluster.master_url}/master/state", MASTER_READ_S)
     return [t for fw in state.get("frameworks", []) for t in fw.get("tasks", [])]
 
 
@@ -98,7 +101,8 @@ def test_only_the_leader_acts_and_the_standby_takes_over(zk_cluster: MesosCluste
     assert one.api("POST", "/v1/instances", BODY)[0] == 201
     before = wait_running(one, BOOT_S)
     framework = one.health()["framework_id"]
-    assert [f["id"] for f in http_json(f"{zk_cluster.master_url}/master/state")["frameworks"]] == [framework]
+    frameworks = http_json(f"{zk_cluster.master_url}/master/state", MASTER_READ_S)["frameworks"]
+    assert [f["id"] for f in frameworks] == [framework]
     one.kill()
     killed_at = time.monotonic()
     two.wait_registered(TAKEOVER_S)
@@ -143,7 +147,7 @@ def test_the_scheduler_finds_its_master_through_zookeeper(mesos_home: MesosHome,
         sched = SchedulerProcess(zk_master, tmp_path, name="detect")
         sched.start()
         try:
-            frameworks = http_json(f"{cluster.master_url}/master/state")["frameworks"]
+            frameworks = http_json(f"{cluster.master_url}/master/state", MASTER_READ_S)["frameworks"]
             assert [(f["id"], f["checkpoint"], f["failover_timeout"]) for f in frameworks] == [
                 (sched.health()["framework_id"], True, 900.0)]
         finally:

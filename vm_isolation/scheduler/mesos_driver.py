@@ -8,8 +8,9 @@ leading master, ``zk://`` master detection through kazoo) and it is a dependency
 callbacks run on its IO thread; each one here only decodes its JSON into our frozen values
 and posts an event (a callable) to the service's loop, so the IO thread never blocks on our
 decisions. Calls the other way (launch, decline, kill, ...) are plain HTTP POSTs on pymesos's
-second connection; a failed call is logged and dropped: the scheduler's timers and
-reconciliation repair whatever it would have done.
+second connection, sent in order by one sender thread so that the scheduler's loop never waits
+on the master; a failed call is logged and dropped: the scheduler's timers and reconciliation
+repair whatever it would have done.
 
 NOTE: pymesos reports the first SUBSCRIBED as ``registered`` only if it had no framework id;
 with a stored id (re-registration after a restart) it calls ``reregistered`` without one, so
@@ -20,6 +21,8 @@ killed): this adapter stops with ``failover=True`` unless asked to tear down (vm
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from typing import Any, Callable, Optional
 
 from pymesos import MesosSchedulerDriver, Scheduler
@@ -29,6 +32,7 @@ from .instances import TaskStatus, decode_status
 from .placement import Offer, decode_offer
 
 log = logging.getLogger(__name__)
+STOP_DRAIN_S = 15.0
 
 
 class _Callbacks(Scheduler):  # type: ignore[misc]  # pymesos ships no types
@@ -87,21 +91,39 @@ class MesosDriver:
             info["id"] = {"value": framework_id}
         self._driver = MesosSchedulerDriver(_Callbacks(post), info, master, use_addict=False,
                                             implicit_acknowledgements=True)
+        self._calls: queue.Queue[Optional[tuple[str, Callable[[], Any]]]] = queue.Queue()
+        self._sender = threading.Thread(target=self._send_calls, name="mesos-calls", daemon=True)
 
     def start(self) -> None:
+        self._sender.start()
         self._driver.start()
 
     def stop(self, *, teardown: bool = False) -> None:
-        """Disconnect, leaving the framework (and its tasks) to its failover timeout; with
-        ``teardown`` the framework is removed and its tasks are killed (one-off runs)."""
+        """Send what is queued, then disconnect, leaving the framework (and its tasks) to its
+        failover timeout; with ``teardown`` the framework is removed and its tasks are killed
+        (one-off runs)."""
+        self._calls.put(None)
+        if self._sender.is_alive():
+            self._sender.join(STOP_DRAIN_S)
         self._driver.stop(failover=not teardown)
         self._driver.join()
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001  (pymesos raises bare RuntimeError/OSError/AssertionError)
-            log.warning("%s failed (the scheduler retries through its timers): %s", what, exc)
+        # NOTE: each pymesos call is a blocking HTTP POST (10 s timeout) to the master; a
+        # loaded master would stall the scheduler's loop (and its API) call after call. They
+        # go, in order, through one sender thread instead; the loop only queues them.
+        self._calls.put((what, lambda: fn(*args, **kwargs)))
+
+    def _send_calls(self) -> None:
+        while True:
+            item = self._calls.get()
+            if item is None:
+                return
+            what, call = item
+            try:
+                call()
+            except Exception as exc:  # noqa: BLE001  (pymesos raises bare RuntimeError/OSError/AssertionError)
+                log.warning("%s failed (the scheduler retries through its timers): %s", what, exc)
 
     def launch(self, offer_id: str, tasks: list[dict[str, Any]]) -> None:
         self._call("launch", self._driver.launchTasks, [{"value": offer_id}], tasks, filters={"refuse_seconds": 1.0})
