@@ -189,13 +189,14 @@ class MesosCluster:
     def master_url(self) -> str:
         return f"http://{self.master_address}"
 
-    def start_master(self) -> None:
+    def start_master(self, flags: tuple[str, ...] = ()) -> None:
+        """The master, with ``flags`` added (e.g. ``--agent_ping_timeout=1secs``)."""
         self.master_port = free_port(self.master_ip)
         work = self.base / "master"
         work.mkdir(parents=True)
         self.master = Daemon("master", [str(self.home.master), f"--ip={self.master_ip}",
                                         f"--port={self.master_port}", f"--work_dir={work}",
-                                        "--registry=in_memory"], self.base / "master.log")
+                                        "--registry=in_memory", *flags], self.base / "master.log")
         poll_until(lambda: self._up(self.master, f"{self.master_url}/master/state"), Deadline.after(READY_S),
                    what="the master's /master/state")
 

@@ -16,7 +16,8 @@ OWNERS = {
     "cryptography": {"sshkeys.py"},
     "netifaces": {"hostnet.py"},
     "jinja2": {"launcher.py"},
-    "pymesos": {"mesos.py"},
+    "pymesos": {"mesos.py", "scheduler/mesos_driver.py"},  # the executor and the scheduler side of Mesos
+    "kazoo": {"scheduler/zkstore.py"},
 }
 
 

@@ -2,6 +2,10 @@
 
     vm-isolation-run --command 'uname -a' [--cpus 1] [--mem 256] [--image NAME]
                      [--env K=V ...] [--timeout S] [--config PATH] [--keep]
+                     [--master HOST:PORT [--attribute NAME:VALUE ...]]
+
+With ``--master`` the task goes through that real Mesos master to an agent with the given
+attributes (default ``vt_enabled:1``) instead: see :mod:`.run_cluster`.
 
 Starts the local agent stand-in (vm_isolation.localagent) on 127.0.0.1, which launches
 vm-isolation-executor exactly as a Mesos agent would (only MESOS_* variables, a sandbox) and
@@ -25,7 +29,9 @@ from typing import Any, Optional
 
 from ..config import conf_path
 from ..localagent import TERMINAL_STATES, LocalAgent, StatusRecord
+from ..scheduler.taskinfo import ExecutorCommand
 from ..tasks import IMAGE_LABEL, task_dir_name
+from .run_cluster import run_on_master
 
 EXIT_TIMEOUT = 124
 
@@ -40,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0, help="kill the task after this many seconds")
     p.add_argument("--config", type=Path, help="configuration file passed to the executor")
     p.add_argument("--keep", action="store_true", help="keep the agent's work directory (sandbox)")
+    p.add_argument("--master", help="run through this Mesos master (HOST:PORT or zk://...) instead of locally")
+    p.add_argument("--attribute", action="append", metavar="NAME:VALUE",
+                   help="with --master: the agent must have this attribute (repeatable; default vt_enabled:1)")
     return p
 
 
@@ -52,6 +61,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"vm-isolation-run: --env {item!r}: expected NAME=VALUE", file=sys.stderr)
             return 2
         env_vars.append({"name": name, "value": value})
+    if args.master:
+        # The agents run the executor at this venv's path (one install layout on every host).
+        executor = ExecutorCommand(str(Path(sys.executable).parent / "vm-isolation-executor"),
+                                   str(args.config) if args.config else None)
+        return run_on_master(args, {v["name"]: v["value"] for v in env_vars}, executor, say)
     work = Path(tempfile.mkdtemp(prefix="vm-isolation-run-", dir="/var/tmp"))
     try:
         return _run(args, env_vars, work)
