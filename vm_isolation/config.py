@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from .errors import ConfigError
 
@@ -28,6 +28,9 @@ CONF_ENV = "VM_ISOLATION_CONF"
 ENV_PREFIX = "VM_ISOLATION_"
 DOMAIN_TYPES = ("auto", "kvm", "qemu")
 EGRESS_POLICIES = ("nat", "none", "allow-list")
+IMAGE_KINDS = ("direct-kernel", "cloud-init")
+"""What kind of guest an [image:NAME] is (vm_isolation/imagekinds/, one module per kind)."""
+_LOGIN_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 ISOLATION_MODES = ("on", "off")
 
 
@@ -39,6 +42,20 @@ class LibvirtSettings:
     """libvirt network the guests attach to."""
     domain_type: str = "auto"
     """kvm, qemu or auto (see :mod:`vm_isolation.accel`)."""
+
+
+@dataclass(frozen=True)
+class ImageProfile:
+    """One ``[image:NAME]``: its base image and what kind of guest boots from it."""
+
+    path: Path
+    kind: str = "direct-kernel"
+    """direct-kernel: the project's kernel and initramfs boot the image (busybox, python);
+    cloud-init: the image boots from its own disk and is set up by a NoCloud seed."""
+    user: str = "root"
+    """The login user commands run as (cloud-init: the user the seed creates)."""
+    boot_timeout_s: Optional[float] = None
+    """Domain start -> SSH session for this image; None: [vm] boot_timeout_s + ssh_timeout_s."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,14 @@ class ImageSettings:
                                  "python": Path("/var/lib/vm-isolation/images/python.qcow2")}
     )
     """Base image name -> qcow2 path."""
+    profiles: Mapping[str, ImageProfile] = field(default_factory=dict)
+    """Base image name -> its profile, for images whose section says more than ``path``."""
+
+    def profile(self, name: str) -> ImageProfile:
+        """The profile of the image called ``name`` (a direct-kernel one unless its section
+        said otherwise); ConfigError naming the known images otherwise."""
+        base = self.base(name)
+        return self.profiles.get(name) or ImageProfile(path=base)
 
     def base(self, name: str) -> Path:
         """The base image called ``name``; ConfigError naming the known ones otherwise."""
@@ -299,16 +324,17 @@ def _images(parser: configparser.ConfigParser, source: Optional[Path]) -> ImageS
         return p if p.is_absolute() else directory / p
 
     bases: dict[str, Path] = {}
+    profiles: dict[str, ImageProfile] = {}
     for name in parser.sections():
         if not name.startswith("image:"):
             continue
         image = name[len("image:"):]
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", image):
             raise ConfigError(f"{source}: [{name}]: image names use letters, digits, '_', '.', '-'")
-        items = dict(parser.items(name))
-        if set(items) != {"path"}:
-            raise ConfigError(f"{source}: [{name}] takes exactly one key, path")
-        bases[image] = resolve(items["path"])
+        profile = _image_profile(dict(parser.items(name)), resolve, f"{source}: [{name}]")
+        bases[image] = profile.path
+        if profile != ImageProfile(path=profile.path):
+            profiles[image] = profile
     if not parser.has_section("images") and not bases:
         bases = {name: directory / path.name for name, path in defaults.bases.items()}
     default = section.get("default", defaults.default).strip()
@@ -322,7 +348,36 @@ def _images(parser: configparser.ConfigParser, source: Optional[Path]) -> ImageS
         initrd=resolve(section.get("initrd", "initramfs.cpio.gz")),
         default=default,
         bases=bases,
+        profiles=profiles,
     )
+
+
+def _image_profile(items: dict[str, str], resolve: Callable[[str], Path], where: str) -> ImageProfile:
+    unknown = set(items) - {"path", "kind", "user", "boot_timeout_s"}
+    if unknown or "path" not in items:
+        raise ConfigError(f"{where} takes path (required), kind, user and boot_timeout_s"
+                          + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
+    kind = items.get("kind", "direct-kernel").strip()
+    if kind not in IMAGE_KINDS:
+        raise ConfigError(f"{where} kind = {kind!r}: use one of {', '.join(IMAGE_KINDS)}")
+    user = items.get("user", "").strip()
+    if kind == "cloud-init" and not user:
+        raise ConfigError(f"{where} kind = cloud-init needs user = <the login user the seed creates>, "
+                          "e.g. debian or ubuntu")
+    if kind == "direct-kernel" and user not in ("", "root"):
+        raise ConfigError(f"{where} user = {user!r}: direct-kernel images log in as root only")
+    if user and not _LOGIN_USER.fullmatch(user):
+        raise ConfigError(f"{where} user = {user!r} is not a login name ([a-z_][a-z0-9_-]*, at most 32)")
+    timeout: Optional[float] = None
+    if "boot_timeout_s" in items:
+        raw = items["boot_timeout_s"].strip()
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise ConfigError(f"{where} boot_timeout_s = {raw!r}: expected a number of seconds") from None
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise ConfigError(f"{where} boot_timeout_s = {raw!r}: must be a finite number of seconds above 0")
+    return ImageProfile(path=resolve(items["path"]), kind=kind, user=user or "root", boot_timeout_s=timeout)
 
 
 # --- the Mesos environment ------------------------------------------------------------------

@@ -279,6 +279,7 @@ class TaskWorker:
         return GuestRequest(
             name=self._domain,
             base_image=self.ctx.settings.images.base(self.spec.image),
+            profile=self.ctx.settings.images.profile(self.spec.image),
             vcpus=self.spec.vcpus,
             memory_mib=self.spec.memory_mib,
             owner=replace(self.ctx.owner, task_id=self.spec.task_id,
@@ -291,7 +292,8 @@ class TaskWorker:
         sandbox = self.ctx.settings.executor.guest_sandbox
         env = {k: v for k, v in self.ctx.env.variables.items()
                if k.startswith("MESOS_") and k not in PRIVATE_VARIABLES}
-        env.update(PATH=GUEST_PATH, HOME="/root", MESOS_SANDBOX=sandbox, MESOS_DIRECTORY=sandbox,
+        home = self._guest.home if self._guest is not None else "/root"
+        env.update(PATH=GUEST_PATH, HOME=home, MESOS_SANDBOX=sandbox, MESOS_DIRECTORY=sandbox,
                    MESOS_TASK_ID=self.spec.task_id)
         env.update(self.spec.command.environment)
         cmd = self.spec.command

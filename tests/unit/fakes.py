@@ -123,6 +123,12 @@ class FakeRemote:
         self.commands.append(command)
         return self.handler(self, command, on_stdout or (lambda b: None), on_stderr or (lambda b: None))
 
+    def run_capture(self, command: str, *, timeout_s: Optional[float] = None) -> tuple[int, bytes, bytes]:
+        out: list[bytes] = []
+        err: list[bytes] = []
+        code = self.run(command, on_stdout=out.append, on_stderr=err.append, timeout_s=timeout_s)
+        return code, b"".join(out), b"".join(err)
+
     def close(self) -> None:
         self.closed = True
 
@@ -132,7 +138,8 @@ class FakeConnector:
         self.error = error
         self.sessions: list[FakeRemote] = []
 
-    def __call__(self, host: str, *, host_key: str, client_key: object, deadline: object) -> FakeRemote:
+    def __call__(self, host: str, *, host_key: str, client_key: object, deadline: object,
+                 user: str = "root") -> FakeRemote:
         if self.error is not None:
             raise self.error
         remote = FakeRemote(host, host_key)
