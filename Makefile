@@ -45,8 +45,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile scripts/install-http-parse
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The debian-cloud image (cloud-init kind) takes ~5 min the first time (debootstrap), then is cached.
 image: host
 	scripts/build-image.sh busybox python
+	scripts/build-cloud-image.sh
 
 network: venv host
 	$(PY) -m vm_isolation.hostsetup

@@ -40,12 +40,15 @@ VIRSH=(virsh -c qemu:///system)
 # dnsmasq-base dnsmasq-utils ...... DHCP for the guests; dhcp_release frees a destroyed guest's lease
 # busybox-static dropbear-bin openssh-sftp-server cpio kmod e2fsprogs xz-utils
 #                                   .. the test guest image (scripts/build-image.sh)
+# debootstrap syslinux syslinux-common mtools dosfstools fdisk
+#                                   .. the debian-cloud image (scripts/build-cloud-image.sh)
+# xorriso ......................... the cloud-init guests' NoCloud seeds (vm_isolation/seedimage.py)
 # tini ............................ child subreaper for libvirtd (see above)
 # acl ............................. setfacl: the tests let their framework user reach the checkout
 PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
   pkg-config gcc python3-venv python3-dev dnsmasq-base dnsmasq-utils busybox-static dropbear-bin
   openssh-sftp-server openssh-client iptables nftables iproute2 kmod cpio gzip xz-utils e2fsprogs
-  tini acl make)
+  tini acl make debootstrap syslinux syslinux-common mtools dosfstools fdisk xorriso)
 
 say() { printf 'host-setup: %s\n' "$*" >&2; }
 die() { printf 'host-setup: ERROR: %s\n' "$*" >&2; exit 1; }

@@ -17,7 +17,7 @@ import ipaddress
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
@@ -70,10 +70,13 @@ class ImageSettings:
     """Image used when a task names none."""
     bases: Mapping[str, Path] = field(
         default_factory=lambda: {"busybox": Path("/var/lib/vm-isolation/images/busybox.qcow2"),
-                                 "python": Path("/var/lib/vm-isolation/images/python.qcow2")}
+                                 "python": Path("/var/lib/vm-isolation/images/python.qcow2"),
+                                 "debian-cloud": Path("/var/lib/vm-isolation/images/debian-cloud.qcow2")}
     )
     """Base image name -> qcow2 path."""
-    profiles: Mapping[str, ImageProfile] = field(default_factory=dict)
+    profiles: Mapping[str, ImageProfile] = field(default_factory=lambda: {"debian-cloud": ImageProfile(
+        path=Path("/var/lib/vm-isolation/images/debian-cloud.qcow2"), kind="cloud-init", user="debian",
+        boot_timeout_s=360.0)})
     """Base image name -> its profile, for images whose section says more than ``path``."""
 
     def profile(self, name: str) -> ImageProfile:
@@ -337,6 +340,7 @@ def _images(parser: configparser.ConfigParser, source: Optional[Path]) -> ImageS
             profiles[image] = profile
     if not parser.has_section("images") and not bases:
         bases = {name: directory / path.name for name, path in defaults.bases.items()}
+        profiles = {name: replace(p, path=directory / p.path.name) for name, p in defaults.profiles.items()}
     default = section.get("default", defaults.default).strip()
     if default not in bases:
         raise ConfigError(
