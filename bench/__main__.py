@@ -22,10 +22,10 @@ from typing import Callable, Optional
 from vm_isolation.config import load_settings
 from vm_isolation.hypervisor import LibvirtHypervisor
 
-from . import coldpath, concurrency, discovery, disk, env, floor, footprint, kill, report, targets
+from . import cloudimage, coldpath, concurrency, discovery, disk, env, floor, footprint, kill, report, targets
 from .common import BenchContext, Section, log, new_leftovers, snapshot_leftovers
 
-SECTIONS = ("floor", "coldpath", "concurrency", "disk", "discovery", "kill", "footprint")
+SECTIONS = ("floor", "coldpath", "concurrency", "disk", "discovery", "kill", "footprint", "cloud-init")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -111,6 +111,7 @@ def _run_sections(ctx: BenchContext, args: argparse.Namespace, wanted: list[str]
         "discovery": lambda: discovery.run(ctx),
         "kill": lambda: kill.run(ctx, args.grace),
         "footprint": lambda: footprint.run(ctx, args.footprint, 1),
+        "cloud-init": lambda: cloudimage.run(ctx),
     }
     sections: dict[str, Section] = {}
     for name in SECTIONS:

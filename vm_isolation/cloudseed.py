@@ -74,7 +74,9 @@ def user_data(seed: Seed) -> str:
         "disable_root": seed.user != "root",
         "ssh_pwauth": False,
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
+        # Only the type handed in: cloud-init generates a type only when its key file is missing
+        # (an empty list would do the same but is refused by cloud-init's schema).
+        "ssh_genkeytypes": [key_name],
         "ssh_keys": {f"{key_name}_private": _with_newline(seed.host_key_private),
                      f"{key_name}_public": seed.host_key_public},
         "preserve_hostname": False,

@@ -50,7 +50,7 @@ def test_the_seed_sets_the_user_key_hostname_and_pinned_host_key() -> None:
     data = parsed_user_data(cloudseed.user_data(seed()))
     assert data["users"] == [{"name": "debian", "lock_passwd": True, "sudo": "ALL=(ALL) NOPASSWD:ALL",
                               "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIClientKeyExample"]}]
-    assert data["ssh_pwauth"] is False and data["ssh_genkeytypes"] == [] and data["ssh_deletekeys"] is True
+    assert data["ssh_pwauth"] is False and data["ssh_genkeytypes"] == ["ed25519"] and data["ssh_deletekeys"] is True
     assert data["ssh_keys"] == {"ed25519_private": FAKE_PRIVATE,
                                 "ed25519_public": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyExample"}
     assert data["hostname"] == "vmiso-job-1-0123456789" and data["disable_root"] is True
