@@ -19,8 +19,9 @@ from typing import Optional
 import pytest
 import yaml
 
+from tests.real import test_executor_e2e
 from tests.real.conftest import Leftovers
-from tests.real.test_executor_e2e import Run, run, task  # noqa: F401 - run is a fixture
+from tests.real.test_executor_e2e import Run, task
 from vm_isolation.config import ImageProfile, Settings, conf_path, load_settings
 from vm_isolation.errors import HostKeyMismatch
 from vm_isolation.guest import GuestLauncher, GuestRequest
@@ -29,6 +30,8 @@ from vm_isolation.imagekinds import BootPlan, KindContext
 from vm_isolation.imagekinds.direct import DirectKernelKind
 from vm_isolation.journal import journal_path, read_journal
 from vm_isolation.sshkeys import generate_host_key
+
+run = test_executor_e2e.run  # the fixture: one agent stand-in per test
 
 CLOUD_BOOT_S = 420.0
 """The executor's deadline for the whole task: the image's boot_timeout_s (360) plus the run."""
