@@ -59,3 +59,10 @@ def test_only_the_config_module_reads_the_environment() -> None:
         and not str(path.relative_to(PACKAGE)).startswith("localagent")
     )
     assert offenders == []
+
+
+@pytest.mark.parametrize("tool, owner", [("xorriso", "seedimage.py"), ("qemu-img", "overlay.py")])
+def test_only_the_owning_module_runs_the_tool(tool: str, owner: str) -> None:
+    """A subprocess-backed system is named as an executable in its one adapter module."""
+    runners = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if f'= "{tool}"' in p.read_text()}
+    assert runners <= {owner}, f"{tool} run from {sorted(runners - {owner})}"
