@@ -198,7 +198,7 @@ EOF
     quietly chroot "$root" update-initramfs -u -k all
 }
 
-# Boot-time trims (bench/CLOUD.md has what each saved).
+# Boot-time trims (bench/CLOUD.md: where a boot goes, and what is known of each trim).
 tune_boot() {   # ROOT
     local root=$1 unit
     # Nothing waits for "online": cloud-init's NoCloud seed is a local disk.
