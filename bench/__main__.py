@@ -3,7 +3,8 @@
     python -m bench [--reps 5] [--only floor,coldpath,...] [--out DIR] [--publish]
 
 Sections (default: all, in this order): floor, coldpath, concurrency, disk, discovery, kill,
-footprint. Results go to bench/results/<UTC time>/ (or --out); --publish also refreshes the
+footprint, cloud-init (create -> SSH command on debian-cloud next to busybox: bench/CLOUD.md).
+Results go to bench/results/<UTC time>/ (or --out); --publish also refreshes the
 committed bench/RESULTS.md and bench/RESULTS.png.
 """
 
