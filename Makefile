@@ -54,10 +54,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile scripts/install-http-parse
 	touch $@
 
 # The fast guest kernel (scripts/build-kernel.sh: ~5-15 min the first time, then cached by its
-# build id) and the base images with Debian's kernel and initramfs (scripts/build-image.sh).
+# build id), the base images with Debian's kernel and initramfs (scripts/build-image.sh), and the
+# debian-cloud image (cloud-init kind, scripts/build-cloud-image.sh: ~5 min the first time, then cached).
 image: host
 	scripts/build-kernel.sh
 	scripts/build-image.sh busybox python
+	scripts/build-cloud-image.sh
 
 network: venv host
 	$(PY) -m vm_isolation.hostsetup

@@ -3,7 +3,8 @@
     python -m bench [--reps 5] [--only floor,coldpath,...] [--out DIR] [--publish]
 
 Sections (default: all, in this order): floor, coldpath, warm (the pool hit), concurrency, disk, discovery, kill,
-footprint. Results go to bench/results/<UTC time>/ (or --out); --publish also refreshes the
+footprint, cloud-init (create -> SSH command on debian-cloud next to busybox: bench/CLOUD.md).
+Results go to bench/results/<UTC time>/ (or --out); --publish also refreshes the
 committed bench/RESULTS.md and bench/RESULTS.png.
 """
 
@@ -22,10 +23,10 @@ from typing import Callable, Optional
 from vm_isolation.config import load_settings
 from vm_isolation.hypervisor import LibvirtHypervisor
 
-from . import coldpath, concurrency, discovery, disk, env, floor, footprint, kill, report, targets, warm
+from . import cloudimage, coldpath, concurrency, discovery, disk, env, floor, footprint, kill, report, targets, warm
 from .common import BenchContext, Section, log, new_leftovers, snapshot_leftovers
 
-SECTIONS = ("floor", "coldpath", "warm", "concurrency", "disk", "discovery", "kill", "footprint")
+SECTIONS = ("floor", "coldpath", "warm", "concurrency", "disk", "discovery", "kill", "footprint", "cloud-init")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -114,6 +115,7 @@ def _run_sections(ctx: BenchContext, args: argparse.Namespace, wanted: list[str]
         "discovery": lambda: discovery.run(ctx),
         "kill": lambda: kill.run(ctx, args.grace),
         "footprint": lambda: footprint.run(ctx, args.footprint, 1),
+        "cloud-init": lambda: cloudimage.run(ctx),
     }
     sections: dict[str, Section] = {}
     for name in SECTIONS:

@@ -42,13 +42,17 @@ VIRSH=(virsh -c qemu:///system)
 #                                   .. the test guest image (scripts/build-image.sh)
 # linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev
 #                                   .. the fast guest kernel (scripts/build-kernel.sh)
+# debootstrap syslinux syslinux-common mtools dosfstools fdisk
+#                                   .. the debian-cloud image (scripts/build-cloud-image.sh)
+# xorriso ......................... the cloud-init guests' NoCloud seeds (vm_isolation/seedimage.py)
 # tini ............................ child subreaper for libvirtd (see above)
 # acl ............................. setfacl: the tests let their framework user reach the checkout
 # zookeeper ....................... the server for vm-isolation-scheduler's ZooKeeper store tests
 PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
   pkg-config gcc python3-venv python3-dev dnsmasq-base dnsmasq-utils busybox-static dropbear-bin
   openssh-sftp-server openssh-client iptables nftables iproute2 kmod cpio gzip xz-utils e2fsprogs
-  linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev tini acl make zookeeper)
+  linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev tini acl make zookeeper
+  debootstrap syslinux syslinux-common mtools dosfstools fdisk xorriso)
 
 say() { printf 'host-setup: %s\n' "$*" >&2; }
 die() { printf 'host-setup: ERROR: %s\n' "$*" >&2; exit 1; }

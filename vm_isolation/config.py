@@ -17,9 +17,9 @@ import ipaddress
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from .errors import ConfigError
 from .poolwire import Shape, parse_shapes
@@ -29,6 +29,9 @@ CONF_ENV = "VM_ISOLATION_CONF"
 ENV_PREFIX = "VM_ISOLATION_"
 DOMAIN_TYPES = ("auto", "kvm", "qemu")
 EGRESS_POLICIES = ("nat", "none", "allow-list")
+IMAGE_KINDS = ("direct-kernel", "cloud-init")
+"""What kind of guest an [image:NAME] is (vm_isolation/imagekinds/, one module per kind)."""
+_LOGIN_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 ISOLATION_MODES = ("on", "off")
 KERNEL_KINDS = ("fast", "debian")
 """What an ``[image:NAME]`` may boot: ``fast`` (scripts/build-kernel.sh, no initramfs) or
@@ -57,6 +60,20 @@ class GuestKernel:
 
 
 @dataclass(frozen=True)
+class ImageProfile:
+    """One ``[image:NAME]``: its base image and what kind of guest boots from it."""
+
+    path: Path
+    kind: str = "direct-kernel"
+    """direct-kernel: the project's kernel and initramfs boot the image (busybox, python);
+    cloud-init: the image boots from its own disk and is set up by a NoCloud seed."""
+    user: str = "root"
+    """The login user commands run as (cloud-init: the user the seed creates)."""
+    boot_timeout_s: Optional[float] = None
+    """Domain start -> SSH session for this image; None: [vm] boot_timeout_s + ssh_timeout_s."""
+
+
+@dataclass(frozen=True)
 class ImageSettings:
     dir: Path = Path("/var/lib/vm-isolation/images")
     """Directory of the kernels, the initramfs and the base images."""
@@ -70,11 +87,13 @@ class ImageSettings:
     """Image used when a task names none."""
     bases: Mapping[str, Path] = field(
         default_factory=lambda: {"busybox": Path("/var/lib/vm-isolation/images/busybox.qcow2"),
-                                 "python": Path("/var/lib/vm-isolation/images/python.qcow2")}
+                                 "python": Path("/var/lib/vm-isolation/images/python.qcow2"),
+                                 "debian-cloud": Path("/var/lib/vm-isolation/images/debian-cloud.qcow2")}
     )
     """Base image name -> qcow2 path."""
     kernels: Mapping[str, str] = field(default_factory=lambda: {"busybox": "fast", "python": "fast"})
-    """Base image name -> its ``kernel`` (one of KERNEL_KINDS); an image not named boots ``fast``."""
+    """Base image name -> the ``kernel`` its section names (one of KERNEL_KINDS); an image not
+    named boots ``fast`` (direct-kernel images only: a cloud-init image boots its own)."""
 
     def kernel_for(self, name: str) -> GuestKernel:
         """The kernel the base image called ``name`` boots (fast unless it says ``kernel = debian``)."""
@@ -84,6 +103,17 @@ class ImageSettings:
         if kind == "debian":
             return GuestKernel("debian", self.kernel, self.initrd)
         return GuestKernel("fast", self.fast_kernel)
+
+    profiles: Mapping[str, ImageProfile] = field(default_factory=lambda: {"debian-cloud": ImageProfile(
+        path=Path("/var/lib/vm-isolation/images/debian-cloud.qcow2"), kind="cloud-init", user="debian",
+        boot_timeout_s=360.0)})
+    """Base image name -> its profile, for images whose section says more than ``path``."""
+
+    def profile(self, name: str) -> ImageProfile:
+        """The profile of the image called ``name`` (a direct-kernel one unless its section
+        said otherwise); ConfigError naming the known images otherwise."""
+        base = self.base(name)
+        return self.profiles.get(name) or ImageProfile(path=base)
 
     def base(self, name: str) -> Path:
         """The base image called ``name``; ConfigError naming the known ones otherwise."""
@@ -393,6 +423,7 @@ def _images(parser: configparser.ConfigParser, source: Optional[Path]) -> ImageS
 
     bases: dict[str, Path] = {}
     kernels: dict[str, str] = {}
+    profiles: dict[str, ImageProfile] = {}
     for name in parser.sections():
         if not name.startswith("image:"):
             continue
@@ -400,16 +431,19 @@ def _images(parser: configparser.ConfigParser, source: Optional[Path]) -> ImageS
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", image):
             raise ConfigError(f"{source}: [{name}]: image names use letters, digits, '_', '.', '-'")
         items = dict(parser.items(name))
-        if "path" not in items or set(items) - {"path", "kernel"}:
-            raise ConfigError(f"{source}: [{name}] takes the keys path and (optionally) kernel")
-        bases[image] = resolve(items["path"])
-        kind = items.get("kernel", "fast").strip()
-        if kind not in KERNEL_KINDS:
-            raise ConfigError(f"{source}: [{name}] kernel = {kind!r}: use one of {', '.join(KERNEL_KINDS)}")
-        kernels[image] = kind
+        if "kernel" in items:
+            kind = items.pop("kernel").strip()
+            if kind not in KERNEL_KINDS:
+                raise ConfigError(f"{source}: [{name}] kernel = {kind!r}: use one of {', '.join(KERNEL_KINDS)}")
+            kernels[image] = kind
+        profile = _image_profile(items, resolve, f"{source}: [{name}]")
+        bases[image] = profile.path
+        if profile != ImageProfile(path=profile.path):
+            profiles[image] = profile
     if not parser.has_section("images") and not bases:
         bases = {name: directory / path.name for name, path in defaults.bases.items()}
         kernels = dict(defaults.kernels)
+        profiles = {name: replace(p, path=directory / p.path.name) for name, p in defaults.profiles.items()}
     default = section.get("default", defaults.default).strip()
     if default not in bases:
         raise ConfigError(
@@ -423,7 +457,36 @@ def _images(parser: configparser.ConfigParser, source: Optional[Path]) -> ImageS
         default=default,
         bases=bases,
         kernels=kernels,
+        profiles=profiles,
     )
+
+
+def _image_profile(items: dict[str, str], resolve: Callable[[str], Path], where: str) -> ImageProfile:
+    unknown = set(items) - {"path", "kind", "user", "boot_timeout_s"}
+    if unknown or "path" not in items:
+        raise ConfigError(f"{where} takes path (required), kind, user, boot_timeout_s and kernel"
+                          + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
+    kind = items.get("kind", "direct-kernel").strip()
+    if kind not in IMAGE_KINDS:
+        raise ConfigError(f"{where} kind = {kind!r}: use one of {', '.join(IMAGE_KINDS)}")
+    user = items.get("user", "").strip()
+    if kind == "cloud-init" and not user:
+        raise ConfigError(f"{where} kind = cloud-init needs user = <the login user the seed creates>, "
+                          "e.g. debian or ubuntu")
+    if kind == "direct-kernel" and user not in ("", "root"):
+        raise ConfigError(f"{where} user = {user!r}: direct-kernel images log in as root only")
+    if user and not _LOGIN_USER.fullmatch(user):
+        raise ConfigError(f"{where} user = {user!r} is not a login name ([a-z_][a-z0-9_-]*, at most 32)")
+    timeout: Optional[float] = None
+    if "boot_timeout_s" in items:
+        raw = items["boot_timeout_s"].strip()
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise ConfigError(f"{where} boot_timeout_s = {raw!r}: expected a number of seconds") from None
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise ConfigError(f"{where} boot_timeout_s = {raw!r}: must be a finite number of seconds above 0")
+    return ImageProfile(path=resolve(items["path"]), kind=kind, user=user or "root", boot_timeout_s=timeout)
 
 
 # --- the Mesos environment ------------------------------------------------------------------

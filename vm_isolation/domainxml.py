@@ -68,7 +68,9 @@ class DomainSpec:
     domain_type: str
     vcpus: int
     memory_mib: int
-    kernel: Path
+    kernel: Optional[Path]
+    """Direct kernel boot (with ``initrd`` and ``cmdline``); None: boot from ``disk``'s own
+    bootloader, with the firmware's messages on the serial console."""
     initrd: Optional[Path]
     """None: no ``<initrd>`` (a kernel that mounts its root itself)."""
     cmdline: str
@@ -78,6 +80,8 @@ class DomainSpec:
     console_log: Path
     owner: Owner
     interface: InterfacePolicy = InterfacePolicy()
+    seed: Optional[Path] = None
+    """A read-only raw second disk (vdb): a NoCloud ``cidata`` volume."""
 
 
 def render(spec: DomainSpec) -> str:
@@ -90,10 +94,14 @@ def render(spec: DomainSpec) -> str:
     ET.SubElement(root, "vcpu").text = str(spec.vcpus)
     os_el = ET.SubElement(root, "os")
     ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
-    ET.SubElement(os_el, "kernel").text = str(spec.kernel)
-    if spec.initrd is not None:
-        ET.SubElement(os_el, "initrd").text = str(spec.initrd)
-    ET.SubElement(os_el, "cmdline").text = spec.cmdline
+    if spec.kernel is not None:
+        ET.SubElement(os_el, "kernel").text = str(spec.kernel)
+        if spec.initrd is not None:
+            ET.SubElement(os_el, "initrd").text = str(spec.initrd)
+        ET.SubElement(os_el, "cmdline").text = spec.cmdline
+    else:
+        ET.SubElement(os_el, "boot", dev="hd")
+        ET.SubElement(os_el, "bios", useserial="yes")
     features = ET.SubElement(root, "features")
     ET.SubElement(features, "acpi")
     if spec.domain_type == "kvm":
@@ -143,6 +151,12 @@ def _devices(spec: DomainSpec) -> ET.Element:
     ET.SubElement(disk, "driver", name="qemu", type="qcow2")
     ET.SubElement(disk, "source", file=str(spec.disk))
     ET.SubElement(disk, "target", dev="vda", bus="virtio")
+    if spec.seed is not None:
+        seed = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(seed, "driver", name="qemu", type="raw")
+        ET.SubElement(seed, "source", file=str(spec.seed))
+        ET.SubElement(seed, "target", dev="vdb", bus="virtio")
+        ET.SubElement(seed, "readonly")
     iface = ET.SubElement(devices, "interface", type="network")
     ET.SubElement(iface, "source", network=spec.network)
     ET.SubElement(iface, "mac", address=spec.mac)

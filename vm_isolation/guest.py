@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Protocol, TypeVar
 
-from .config import GuestKernel, Settings
+from .config import GuestKernel, ImageProfile, Settings
 from .console import console_tail, error_on_console, host_key_from_console, ready_on_console
 from .domainxml import DomainSpec, InterfacePolicy, Owner, TrafficFilter
 from .errors import AddressTimeout, FirewallError, GuestDied, GuestError, SshUnavailable, VmIsolationError
@@ -41,7 +41,9 @@ from .hosttypes import (
     RemoteSession,
 )
 from .ids import DomainName, random_mac
+from .imagekinds import BootPlan, ImageKind, KindContext, kind_for
 from .journal import NO_JOURNAL, ResourceJournal
+from .launcher import GUEST_RUN_DIR
 from .waiting import SYSTEM_CLOCK, Clock, Deadline, WaitTimeout, poll_until
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,6 @@ READY_GRACE_S = 5.0
 """How long after the host key SSH waits for READY before trying anyway (an image that never
 prints it still works, only slower)."""
 SSH_SLICE_S = 3.0
-DIRECT_ROOT_CMDLINE = "root=/dev/vda rw rootfstype=ext4 init=/sbin/vmiso-init"
-"""A kernel booted without an initramfs mounts the overlay disk itself and starts the image's init."""
 
 
 class Phase(enum.StrEnum):
@@ -65,6 +65,8 @@ class Phase(enum.StrEnum):
     SSH = "ssh"
     ADOPT = "adopt"
     """A pool guest taken over (:meth:`GuestLauncher.adopt`): journaled, its owner changed."""
+    SEED = "seed"
+    """cloud-init images only: the NoCloud seed, made between the key and the define."""
 
 
 class Cancelled(VmIsolationError):
@@ -77,6 +79,7 @@ KeyFactory = Callable[[Path], ClientKeyLike]
 KeyLoader = Callable[[Path], ClientKeyLike]
 """Loads the client key a key directory already holds (an adopted guest's)."""
 Connector = Callable[..., RemoteSession]
+KindFactory = Callable[[Settings, ImageProfile, Optional[GuestKernel]], ImageKind]
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -96,6 +99,8 @@ class GuestRequest:
     """The base image's configured name (what a warm-pool guest's shape is matched on)."""
     kernel: Optional[GuestKernel] = None
     """What to boot (``settings.images.kernel_for(image)``); None: the fast kernel."""
+    profile: Optional[ImageProfile] = None
+    """The image's kind, login user and boot deadline; None: a direct-kernel ``base_image``."""
 
 
 @dataclass
@@ -109,6 +114,10 @@ class Guest:
     console_log: Path
     timings: dict[str, float] = field(default_factory=dict)
     journal: ResourceJournal = NO_JOURNAL
+    user: str = "root"
+    """Who the session is logged in as (the image kind's login user)."""
+    home: str = "/root"
+    """That user's HOME in the guest."""
 
     @property
     def ip(self) -> str:
@@ -137,6 +146,7 @@ class GuestLauncher:
         make_key: KeyFactory,
         firewall: GuestFirewall,
         disks: Disks,
+        kinds: KindFactory = kind_for,
         clock: Clock = SYSTEM_CLOCK,
         wallclock: Callable[[], float] = time.time,
         load_key: Optional[KeyLoader] = None,
@@ -149,6 +159,7 @@ class GuestLauncher:
         self._make_key = make_key
         self.firewall = firewall
         self._disks = disks
+        self._kinds = kinds
         self._clock = clock
         self._wallclock = wallclock
         self._load_key = load_key
@@ -276,18 +287,24 @@ class _Boot:
         self.lease: Optional[Lease] = None
         self.phase = Phase.OVERLAY
         self.net_info = NetworkInfo(self.network, "", True)
+        self.kind = launcher._kinds(launcher.settings, request.profile or ImageProfile(path=request.base_image),
+                                    request.kernel)
+        self.boot_deadline: Optional[Deadline] = None
+        """Start -> SSH, for kinds with their own boot deadline (set when the domain starts)."""
 
     def run(self, undo: ExitStack) -> Guest:
         self.net_info = self.l.hypervisor.require_active_network(self.network)
         self._require_enforced_policy()
         self._timed(Phase.OVERLAY, lambda: self._overlay(undo))
         key = self._key(undo)
-        self._timed(Phase.DEFINE, lambda: self._define(undo, key))
+        plan = self._prepare(undo, key)
+        self._timed(Phase.DEFINE, lambda: self._define(undo, plan))
         stale = self._lease_keys_before_start()
         self._timed(Phase.START, lambda: self._start(undo))
         lease = self._timed(Phase.LEASE, lambda: self._wait_lease(stale))
-        remote = self._timed(Phase.SSH, lambda: self._ssh(undo, lease, key))
-        return Guest(self.req.name, self.mac, lease, remote, self.console_log, self.timings, self.req.journal)
+        remote = self._timed(Phase.SSH, lambda: self._ssh(undo, lease, key, plan))
+        return Guest(self.req.name, self.mac, lease, remote, self.console_log, self.timings, self.req.journal,
+                     user=self.kind.user, home=self.kind.home)
 
     def _timed(self, phase: Phase, step: Callable[[], _T]) -> _T:
         self._check_cancel()
@@ -334,6 +351,15 @@ class _Boot:
         self._undo_key_dir(undo)
         return self.l._make_key(self.key_dir)
 
+    def _prepare(self, undo: ExitStack, key: ClientKeyLike) -> BootPlan:
+        """What the image's kind makes before the domain is defined (a cloud-init seed)."""
+        ctx = KindContext(name=self.req.name, client_public_key=key.public_openssh, key_dir=self.key_dir,
+                          overlay_dir=self.vm.overlay_dir, record=self._record,
+                          on_undo=lambda kind, remove: self._on_undo(undo, kind, remove))
+        if self.kind.prepare_phase is None:
+            return self.kind.prepare(ctx)
+        return self._timed(Phase(self.kind.prepare_phase), lambda: self.kind.prepare(ctx))
+
     # The undo of each resource, shared by a boot and an adoption (one teardown chain).
     def _undo_overlay(self, undo: ExitStack) -> None:
         self._on_undo(undo, "overlay", lambda: self.l._disks.remove(self.overlay_path))
@@ -361,24 +387,24 @@ class _Boot:
         except OSError as exc:
             log.warning("%s: could not remove its console log %s: %s", self.req.name, self.console_log, exc)
 
-    def _define(self, undo: ExitStack, key: ClientKeyLike) -> None:
+    def _define(self, undo: ExitStack, plan: BootPlan) -> None:
         self._undo_console(undo)
         self._create_console_log()
-        kernel = self.req.kernel or self.l.settings.images.guest_kernel("fast")
         spec = DomainSpec(
             name=self.req.name,
             domain_type=self.l.domain_type,
             vcpus=self.req.vcpus,
             memory_mib=self.req.memory_mib,
-            kernel=kernel.path,
-            initrd=kernel.initrd,
-            cmdline=self._cmdline(key, kernel),
+            kernel=plan.kernel,
+            initrd=plan.initrd,
+            cmdline=plan.cmdline,
             disk=self.overlay_path,
             mac=self.mac,
             network=self.network,
             console_log=self.console_log,
             owner=replace(self.req.owner, created_at=self.l._wallclock()),
             interface=self._interface_policy(),
+            seed=plan.seed,
         )
         self._record("domain")
         self.l.hypervisor.define(spec)
@@ -421,38 +447,41 @@ class _Boot:
         return InterfacePolicy(isolated_port=True,
                                traffic_filter=TrafficFilter("clean-traffic", tuple(parameters)))
 
-    def _cmdline(self, key: ClientKeyLike, kernel: GuestKernel) -> str:
-        key_type, key_b64 = key.public_openssh.split()[:2]
-        # no_timer_check: under software emulation on a busy host the kernel's early check that
-        # the IO-APIC timer ticks can fail ("IO-APIC + timer doesn't work!") and panic the guest.
-        # acpi=noirq: ACPI PCI interrupt-link set-up runs AML under emulation, ~0.17 s per virtio
-        # device; the guests need none of it (measured: ~0.5 s per boot saved).
-        root = "" if kernel.initrd is not None else f" {DIRECT_ROOT_CMDLINE}"
-        return (f"console=ttyS0 quiet panic=-1 no_timer_check acpi=noirq{root} vmiso.hostname={self.req.name} "
-                f"vmiso.authkey={key_type}:{key_b64}")
-
     def _lease_keys_before_start(self) -> frozenset[tuple[str, float]]:
         return frozenset(lease.key for lease in self.l.leases.all_for(self.network, self.mac))
 
     def _start(self, undo: ExitStack) -> None:
         self._undo_running(undo)
+        if self.kind.boot_timeout_s is not None:
+            self.boot_deadline = Deadline.after(self.kind.boot_timeout_s, self.l._clock)
         self.l.hypervisor.start(self.req.name)
 
     def _wait_lease(self, stale: frozenset[tuple[str, float]]) -> Lease:
-        deadline = Deadline.after(self.vm.boot_timeout_s, self.l._clock)
+        deadline = self.boot_deadline or Deadline.after(self.vm.boot_timeout_s, self.l._clock)
         try:
             self.lease = self.l.leases.wait_for_address(
                 self.network, self.mac, deadline, stale=stale, check=self._check_alive)
         except WaitTimeout:
             raise AddressTimeout(
                 f"{self.req.name} got no DHCP lease on network {self.network!r} within "
-                f"{self.vm.boot_timeout_s:g} s (MAC {self.mac}): the guest did not boot or its DHCP "
-                f"client got no answer; raise [vm] boot_timeout_s on a slow host",
+                f"{self._boot_budget()} (MAC {self.mac}): the guest did not boot or its DHCP "
+                f"client got no answer; raise {self._boot_budget_key()} on a slow host",
                 phase=Phase.LEASE.value, console_tail=console_tail(self.console_log),
             ) from None
         return self.lease
 
-    def _ssh(self, undo: ExitStack, lease: Lease, key: ClientKeyLike) -> RemoteSession:
+    def _boot_budget(self) -> str:
+        if self.kind.boot_timeout_s is not None:
+            return f"{self.kind.boot_timeout_s:g} s of the domain's start"
+        return f"{self.vm.boot_timeout_s:g} s"
+
+    def _boot_budget_key(self) -> str:
+        return ("the image's boot_timeout_s ([image:NAME])" if self.kind.boot_timeout_s is not None
+                else "[vm] boot_timeout_s")
+
+    def _ssh(self, undo: ExitStack, lease: Lease, key: ClientKeyLike, plan: BootPlan) -> RemoteSession:
+        if plan.host_key is not None:
+            return self._ssh_pinned(undo, lease, key, plan.host_key)
         started = self.l._clock.monotonic()
         deadline = Deadline.after(self.vm.ssh_timeout_s, self.l._clock)
 
@@ -487,13 +516,44 @@ class _Boot:
         undo.callback(remote.close)
         return remote
 
+    def _ssh_pinned(self, undo: ExitStack, lease: Lease, key: ClientKeyLike, host_key: str) -> RemoteSession:
+        """SSH to a guest whose host key was pinned before it booted: connect (retrying while its
+        SSH server starts), then let the login user have the sandbox and run directories."""
+        deadline = self.boot_deadline or Deadline.after(self.vm.ssh_timeout_s, self.l._clock)
+        try:
+            remote = self._connect_in_slices(lease.ip, host_key, key, deadline)
+        except SshUnavailable as exc:
+            raise SshUnavailable(
+                f"{self.req.name} accepted no SSH session as {self.kind.user!r} within {self._boot_budget()} "
+                f"({exc.args[0] if exc.args else exc}); a {self.kind.name} image boots slowly under emulation: "
+                f"raise {self._boot_budget_key()}, and check that the image has cloud-init and an SSH server",
+                phase=Phase.SSH.value, console_tail=console_tail(self.console_log)) from None
+        except GuestError as exc:
+            exc.console_tail = exc.console_tail or console_tail(self.console_log)
+            raise
+        undo.callback(remote.close)
+        setup = self.kind.session_setup(self._session_directories())
+        if setup is not None:
+            code, _out, err = remote.run_capture(setup, timeout_s=max(deadline.remaining(), 10.0))
+            if code != 0:
+                raise SshUnavailable(
+                    f"{self.req.name}: the login user {self.kind.user!r} cannot create "
+                    f"{', '.join(self._session_directories())} (status {code}: "
+                    f"{err.decode('utf-8', 'replace').strip()[-300:]}); give it password-less sudo or "
+                    f"make those directories writable in the image", phase=Phase.SSH.value)
+        return remote
+
+    def _session_directories(self) -> tuple[str, ...]:
+        return (self.l.settings.executor.guest_sandbox, GUEST_RUN_DIR)
+
     def _connect_in_slices(self, ip: str, host_key: str, key: ClientKeyLike, deadline: Deadline) -> RemoteSession:
         """Connect, in slices of a few seconds so a kill or a dead guest is noticed between them."""
         while True:
             self._check_alive()
             slice_deadline = Deadline.after(min(deadline.remaining(), SSH_SLICE_S), self.l._clock)
             try:
-                return self.l._connect(ip, host_key=host_key, client_key=key, deadline=slice_deadline)
+                return self.l._connect(ip, host_key=host_key, client_key=key, deadline=slice_deadline,
+                                       user=self.kind.user)
             except SshUnavailable:
                 if deadline.expired():
                     raise

@@ -10,10 +10,11 @@ One JSON object per line, appended and flushed to disk before the resource is cr
 
     {"op": "owner", "framework_id", "executor_id", "container_id", "pid", "start_time",
      "owner_file", "t"}
-    {"op": "create", "kind": "key_dir" | "overlay" | "domain" | "lease" | "launcher" | "agent_port",
+    {"op": "create", "kind": "key_dir" | "overlay" | "seed" | "domain" | "lease" | "launcher" | "agent_port",
      "domain": "vmiso-...", "task_id", "path" | "mac" + "network" | "address", "t"}
 
-(``agent_port``: wrap mode's opening of the agent's port for one guest, ``address`` is
+(``seed``: a cloud-init guest's NoCloud volume next to its overlay, see :mod:`imagekinds.cloudinit`;
+``agent_port``: wrap mode's opening of the agent's port for one guest, ``address`` is
 "guest-ip:port"; see :mod:`hostfirewall`.)
     {"op": "remove", "kind", "domain", "t"}          after the resource is gone
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 JOURNAL_DIR = ".vm-isolation"
 JOURNAL_FILE = "journal.jsonl"
-KINDS = ("key_dir", "overlay", "domain", "lease", "launcher", "agent_port")
+KINDS = ("key_dir", "overlay", "seed", "domain", "lease", "launcher", "agent_port")
 
 
 class ResourceJournal(Protocol):

@@ -8,14 +8,16 @@ overlay, its SSH key directory and its DHCP lease. :func:`reap` finds and remove
   :func:`ids.is_our_domain_name` accepts, and an owning executor that is gone: its pid is dead,
   a zombie, or alive but started at another time than ``executor_start_time`` (pid reused).
   Each is destroyed and undefined, the leases of its MACs released, and its overlay
-  ``<overlay_dir>/<name>.qcow2`` and key directory ``<key_dir>/<name>`` deleted.
+  ``<overlay_dir>/<name>.qcow2``, seed ``<overlay_dir>/<name>.seed.iso`` (cloud-init images)
+  and key directory ``<key_dir>/<name>`` deleted.
 * **journal entries** (:mod:`journal`): an executor records each resource in its sandbox
-  before creating it. For a journal whose owner is gone, every overlay, key directory and
+  before creating it. For a journal whose owner is gone, every overlay, seed, key directory and
   DHCP lease it created and never removed is removed, unless a domain of that name is still
   defined (then the domain's own metadata decides). This covers a crash between creating the
   overlay and defining the domain, without waiting ``orphan_min_age_s``, and leases whose
   domain is already gone.
-* **orphaned files**: ``<overlay_dir>/vmiso-*.qcow2`` and ``<key_dir>/vmiso-*`` with no
+* **orphaned files**: ``<overlay_dir>/vmiso-*.qcow2``, ``<overlay_dir>/vmiso-*.seed.iso`` and
+  ``<key_dir>/vmiso-*`` with no
   defined domain of that name, older than ``orphan_min_age_s`` (a booting guest's overlay and
   key exist a few milliseconds before its domain is defined).
 
@@ -63,6 +65,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ORPHAN_MIN_AGE_S = 300.0
 OVERLAY_SUFFIX = ".qcow2"
+SEED_SUFFIX = ".seed.iso"
+"""A cloud-init guest's NoCloud seed, next to its overlay (imagekinds.cloudinit.seed_path)."""
 
 
 # --- the boundaries this module is written against -------------------------------------------
@@ -102,6 +106,7 @@ class ProcessTable(Protocol):
 class Kind(enum.StrEnum):
     DOMAIN = "domain"
     OVERLAY = "overlay"
+    SEED = "seed"
     KEY_DIR = "key_dir"
     LEASE = "lease"
     AGENT_PORT = "agent_port"
@@ -300,6 +305,7 @@ def _remove_domain(settings: Settings, hypervisor: DomainTable, leases: LeaseBoo
     log.info("reaped domain %s (%s)", name, leftover.reason)
     _release_leases(settings.libvirt.network, leases, name, leftover.macs, report)
     _delete(_overlay_path(settings, name), report)
+    _delete(_seed_path(settings, name), report)
     _delete(_key_path(settings, name), report)
     _delete(settings.vm.console_dir / f"{name}.console", report)  # a pool guest's (or vm-isolation-boot's)
 
@@ -337,6 +343,19 @@ def _key_path(settings: Settings, name: str) -> Path:
     return settings.vm.key_dir / name
 
 
+def _seed_path(settings: Settings, name: str) -> Path:
+    return settings.vm.overlay_dir / f"{name}{SEED_SUFFIX}"
+
+
+def _file_path(settings: Settings, kind: Kind, name: str) -> Path:
+    """The one path vm-isolation creates for a file resource of ``kind`` of guest ``name``."""
+    if kind is Kind.OVERLAY:
+        return _overlay_path(settings, name)
+    if kind is Kind.SEED:
+        return _seed_path(settings, name)
+    return _key_path(settings, name)
+
+
 def _from_journal(settings: Settings, hypervisor: DomainTable, leases: LeaseBook, path: Path,
                   procs: ProcessTable, report: ReapReport,
                   openings: _Openings) -> Iterator[tuple[Leftover, Callable[[], None]]]:
@@ -368,8 +387,8 @@ def _from_journal(settings: Settings, hypervisor: DomainTable, leases: LeaseBook
         if res.kind == "agent_port":
             yield from openings.from_journal(res.domain, res.address, reason)
             continue
-        kind = Kind.OVERLAY if res.kind == "overlay" else Kind.KEY_DIR
-        expected = _overlay_path(settings, res.domain) if kind is Kind.OVERLAY else _key_path(settings, res.domain)
+        kind = {"overlay": Kind.OVERLAY, "seed": Kind.SEED}.get(res.kind, Kind.KEY_DIR)
+        expected = _file_path(settings, kind, res.domain)
         if res.path != str(expected):
             report.errors.append(f"{path}: {res.path!r} is not where vm-isolation puts a {res.kind}; left alone")
         elif expected.exists() or expected.is_symlink():
@@ -466,9 +485,10 @@ def _orphan_files(settings: Settings, hypervisor: DomainTable, min_age_s: float,
     """
     candidates: list[tuple[Kind, str, Path]] = []
     for path in _listdir(settings.vm.overlay_dir, report):
-        name = path.name[: -len(OVERLAY_SUFFIX)] if path.name.endswith(OVERLAY_SUFFIX) else ""
-        if is_our_domain_name(name):
-            candidates.append((Kind.OVERLAY, name, path))
+        for kind, suffix in ((Kind.OVERLAY, OVERLAY_SUFFIX), (Kind.SEED, SEED_SUFFIX)):
+            name = path.name[: -len(suffix)] if path.name.endswith(suffix) else ""
+            if is_our_domain_name(name):
+                candidates.append((kind, name, path))
     for path in _listdir(settings.vm.key_dir, report):
         if is_our_domain_name(path.name):
             candidates.append((Kind.KEY_DIR, path.name, path))
@@ -494,8 +514,7 @@ def _remove_orphan_file(settings: Settings, hypervisor: DomainTable, leftover: L
     if _defined(hypervisor, leftover.name, report):
         report.kept.append(f"{leftover.path}: domain {leftover.name} was defined meanwhile")
         return
-    expected = (_overlay_path(settings, leftover.name) if leftover.kind is Kind.OVERLAY
-                else _key_path(settings, leftover.name))
+    expected = _file_path(settings, leftover.kind, leftover.name)
     if Path(leftover.path) != expected:
         report.errors.append(f"{leftover.path}: not the path vm-isolation creates; left alone")
         return

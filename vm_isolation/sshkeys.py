@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -118,3 +118,27 @@ def _write_new_private_file(path: Path, data: bytes) -> None:
         raise
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class HostKeyPair:
+    """A guest's SSH host key, made on the host: the host pins the public half before the guest
+    exists and hands the private half in through the guest's NoCloud seed (SECURITY.md says
+    what that means). ``repr`` never shows the private half."""
+
+    private_openssh: str = field(repr=False)
+    """``-----BEGIN OPENSSH PRIVATE KEY-----`` ... (unencrypted: sshd reads it at start)."""
+    public_openssh: str = ""
+    """``ssh-ed25519 AAAA...`` without a comment."""
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_of(base64.b64decode(self.public_openssh.split()[1]))
+
+
+def generate_host_key() -> HostKeyPair:
+    """A fresh ed25519 host key pair, in memory only (the caller writes it into the seed)."""
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()).decode("ascii")
+    public = private.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode("ascii")
+    return HostKeyPair(pem, public)

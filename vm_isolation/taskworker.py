@@ -145,7 +145,7 @@ class TaskWorker:
         sandbox = self.ctx.settings.executor.guest_sandbox
         env = {k: v for k, v in self.ctx.env.variables.items()
                if k.startswith("MESOS_") and k not in PRIVATE_VARIABLES}
-        env.update(guest_base_environment(), MESOS_SANDBOX=sandbox, MESOS_DIRECTORY=sandbox,
+        env.update(guest_base_environment(guest.home), MESOS_SANDBOX=sandbox, MESOS_DIRECTORY=sandbox,
                    MESOS_TASK_ID=self.spec.task_id)
         env.update(self.spec.command.environment)
         cmd = self.spec.command
@@ -213,6 +213,7 @@ class TaskWorker:
             name=domain_name_for(self.spec.task_id),
             base_image=self.ctx.settings.images.base(self.spec.image),
             kernel=self.ctx.settings.images.kernel_for(self.spec.image),
+            profile=self.ctx.settings.images.profile(self.spec.image),
             vcpus=self.spec.vcpus,
             memory_mib=self.spec.memory_mib,
             owner=self.ctx.owner.for_task(self.spec.task_id, self.ctx.container_id),

@@ -59,7 +59,7 @@ class InnerCommand:
 
 
 def guest_environment(env: MesosEnvironment, *, agent_endpoint: str, guest_ip: str,
-                      guest_sandbox: str) -> dict[str, str]:
+                      guest_sandbox: str, home: str = "/root") -> dict[str, str]:
     """The environment the agent gave the wrapper, rewritten for an executor inside the guest.
 
     Everything the agent set is passed on (its MESOS_* variables, --executor_environment_variables,
@@ -83,7 +83,7 @@ def guest_environment(env: MesosEnvironment, *, agent_endpoint: str, guest_ip: s
         LIBPROCESS_IP=guest_ip,
         LIBPROCESS_ADVERTISE_IP=guest_ip,
     )
-    variables.update(guest_base_environment())
+    variables.update(guest_base_environment(home))
     return variables
 
 
@@ -102,10 +102,11 @@ def guest_workdir(host_sandbox: Path, host_cwd: Path, guest_sandbox: str) -> str
 
 
 def inner_launch_spec(env: MesosEnvironment, command: InnerCommand, *, guest_ip: str, agent_endpoint: str,
-                      guest_sandbox: str, host_cwd: Path) -> LaunchSpec:
+                      guest_sandbox: str, host_cwd: Path, home: str = "/root") -> LaunchSpec:
     """What the launcher runs in the guest for the inner executor (values reach the shell only
     through the launcher's shlex.quote)."""
-    variables = guest_environment(env, agent_endpoint=agent_endpoint, guest_ip=guest_ip, guest_sandbox=guest_sandbox)
+    variables = guest_environment(env, agent_endpoint=agent_endpoint, guest_ip=guest_ip, guest_sandbox=guest_sandbox,
+                                  home=home)
     workdir = guest_workdir(env.directory, host_cwd, guest_sandbox)
     if command.shell is not None:
         return LaunchSpec(workdir=workdir, env=variables, shell_command=command.shell)
@@ -225,7 +226,8 @@ class Wrapper:
 
     def launch_spec(self, guest: Guest) -> LaunchSpec:
         return inner_launch_spec(self.env, self.command, guest_ip=guest.ip, agent_endpoint=self._endpoint,
-                                 guest_sandbox=self.settings.executor.guest_sandbox, host_cwd=self._host_cwd)
+                                 guest_sandbox=self.settings.executor.guest_sandbox, host_cwd=self._host_cwd,
+                                 home=guest.home)
 
     def started(self, guest: Guest, pgid: int) -> None:
         if self._budget is not None:
@@ -301,6 +303,7 @@ class Wrapper:
             name=domain_name_for(self.env.executor_id),
             base_image=self.settings.images.base(image),
             kernel=self.settings.images.kernel_for(image),
+            profile=self.settings.images.profile(image),
             memory_mib=self.settings.vm.default_memory_mib,
             owner=self._owner,
             console_log=self.env.directory / "console.log",

@@ -60,6 +60,7 @@ class Leftovers:
         return {
             "domains": {d.name for d in owned},
             "overlays": {p.name for p in vm.overlay_dir.glob("*.qcow2")},
+            "seeds": {p.name for p in vm.overlay_dir.glob("*.seed.iso")},
             "keys": {p.name for p in vm.key_dir.iterdir()} if vm.key_dir.exists() else set(),
             # Our guests' DHCP clients send their domain name as hostname.
             "leases": {f"{x.hostname} {x.ip} {x.mac}"
@@ -83,8 +84,8 @@ class Leftovers:
             new["leases of the given MACs"] = set(self.leases_of(wanted)) if wanted else set()
             return new
 
-        nothing: dict[str, set[str]] = {"domains": set(), "overlays": set(), "keys": set(), "leases": set(),
-                                        "leases of the given MACs": set()}
+        nothing: dict[str, set[str]] = {"domains": set(), "overlays": set(), "seeds": set(), "keys": set(),
+                                        "leases": set(), "leases of the given MACs": set()}
         with contextlib.suppress(WaitTimeout):  # then the assert below says what is left
             # dnsmasq drops a released lease when it processes dhcp_release: wait for that.
             poll_until(lambda: True if new_since() == nothing else None, Deadline.after(10),

@@ -109,6 +109,9 @@ def fake_key_factory(directory: Path) -> FakeKey:
     return FakeKey(directory)
 
 
+Handler = Callable[["FakeRemote", str, Callable[[bytes], None], Callable[[bytes], None]], int]
+
+
 def _unprepared(command: str) -> int:
     raise AssertionError(f"FakeRemote: no handler for {command!r}: give the fake a handler that expects it")
 
@@ -145,19 +148,30 @@ class FakeRemote:
         self.commands.append(command)
         return self.handler(self, command, on_stdout or (lambda b: None), on_stderr or (lambda b: None))
 
+    def run_capture(self, command: str, *, timeout_s: Optional[float] = None) -> tuple[int, bytes, bytes]:
+        out: list[bytes] = []
+        err: list[bytes] = []
+        code = self.run(command, on_stdout=out.append, on_stderr=err.append, timeout_s=timeout_s)
+        return code, b"".join(out), b"".join(err)
+
     def close(self) -> None:
         self.closed = True
 
 
 class FakeConnector:
-    def __init__(self, error: Optional[Exception] = None) -> None:
+    """Opens FakeRemotes (with ``handler``: by default they refuse every command)."""
+
+    def __init__(self, error: Optional[Exception] = None, handler: Optional[Handler] = None) -> None:
         self.error = error
+        self.handler = handler
         self.sessions: list[FakeRemote] = []
 
-    def __call__(self, host: str, *, host_key: str, client_key: object, deadline: object) -> FakeRemote:
+    def __call__(self, host: str, *, host_key: str, client_key: object, deadline: object,
+                 user: str = "root") -> FakeRemote:
         if self.error is not None:
             raise self.error
-        remote = FakeRemote(host, host_key)
+        remote = FakeRemote(host, host_key) if self.handler is None else FakeRemote(host, host_key,
+                                                                                   handler=self.handler)
         self.sessions.append(remote)
         return remote
 

@@ -62,8 +62,9 @@ def test_conf_path_comes_from_the_environment_when_not_given(tmp_path: Path) -> 
     ("[nonsense]\n", "unknown section"),
     ("[images]\ndefault = missing\n[image:busybox]\npath = b.qcow2\n", r"no \[image:missing\]"),
     ("[image:busybox]\npath = b.qcow2\nkernel = vmlinux\n", "kernel = 'vmlinux': use one of fast, debian"),
-    ("[image:busybox]\npath = b.qcow2\ninitrd = i.gz\n", "path and \\(optionally\\) kernel"),
-    ("[image:busybox]\nkernel = fast\n", "path and \\(optionally\\) kernel"),
+    ("[image:busybox]\npath = b.qcow2\ninitrd = i.gz\n",
+     r"takes path \(required\), kind, user, boot_timeout_s and kernel"),
+    ("[image:busybox]\nkernel = fast\n", r"takes path \(required\), kind, user, boot_timeout_s and kernel"),
 ])
 def test_invalid_values_name_the_key(tmp_path: Path, text: str, words: str) -> None:
     """A bad value raises ConfigError naming what is wrong."""
@@ -139,3 +140,33 @@ def test_an_ssl_only_agent_is_refused_at_once_naming_the_fix(ssl: str, downgrade
             mesos_environment(env)
     else:
         assert mesos_environment(env).executor_id == AGENT_ENV["MESOS_EXECUTOR_ID"]
+
+
+def _image_section(tmp_path: Path, body: str) -> Path:
+    conf = tmp_path / "c.conf"
+    conf.write_text("[images]\ndir = /img\n[image:busybox]\npath = busybox.qcow2\n" + body)
+    return conf
+
+
+def test_a_cloud_init_image_section_gives_its_profile(tmp_path: Path) -> None:
+    from vm_isolation.config import ImageProfile
+    conf = _image_section(tmp_path, "[image:ubuntu]\npath = /clouds/jammy.qcow2\nkind = cloud-init\n"
+                                    "user = ubuntu\nboot_timeout_s = 240\n")
+    images = load_settings(conf, environ={}).images
+    assert images.profile("ubuntu") == ImageProfile(Path("/clouds/jammy.qcow2"), "cloud-init", "ubuntu", 240.0)
+    assert images.profile("busybox") == ImageProfile(Path("/img/busybox.qcow2"))
+
+
+@pytest.mark.parametrize("body, words", [
+    ("kind = cloud-init\n", "needs user"),
+    ("kind = vmware\nuser = x\n", "kind = 'vmware'"),
+    ("kind = cloud-init\nuser = Root;rm\n", "not a login name"),
+    ("user = debian\n", "root only"),
+    ("kind = cloud-init\nuser = debian\nboot_timeout_s = -1\n", "above 0"),
+    ("kind = cloud-init\nuser = debian\nboot_timeout_s = soon\n", "number of seconds"),
+    ("kind = cloud-init\nuser = debian\nflavour = x\n", "unknown: flavour"),
+])
+def test_bad_image_profiles_are_config_errors_naming_the_key(tmp_path: Path, body: str, words: str) -> None:
+    conf = _image_section(tmp_path, "[image:cloud]\npath = c.qcow2\n" + body)
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
+        load_settings(conf, environ={})

@@ -61,7 +61,8 @@ class Guests:
         self.kills: list[str] = []
         self.health_exit = 0
 
-    def __call__(self, host: str, *, host_key: str, client_key: object, deadline: object) -> FakeRemote:
+    def __call__(self, host: str, *, host_key: str, client_key: object, deadline: object,
+                 user: str = "root") -> FakeRemote:
         return FakeRemote(host, host_key, handler=self._run)
 
     def _run(self, remote: FakeRemote, command: str, out: Callable[[bytes], None],

@@ -403,3 +403,34 @@ def test_an_agent_port_opening_whose_guest_is_gone_is_closed_and_a_live_guests_i
     assert ports.opened == {("192.168.122.20", 5051)}
     assert [f.path for f in report.found if f.kind.value == "agent_port"] == ["192.168.122.99:5051"]
     assert report.removed == ["closed agent port 192.168.122.99:5051"]
+
+
+def test_a_cloud_init_guests_seed_goes_with_its_domain_its_journal_or_as_an_orphan(
+        settings: Settings, tmp_path: Path) -> None:
+    """The seed next to the overlay is deleted with a reaped domain, from a dead owner's journal,
+    and as an old orphan; a foreign .seed.iso is kept."""
+    dead_seed = settings.vm.overlay_dir / f"{DEAD_NAME}.seed.iso"
+    files_of(settings, DEAD_NAME)
+    dead_seed.write_bytes(b"CD001")
+    hv = FakeDomains([domain(settings, DEAD_NAME, pid=777)])
+    reap(settings, hv, FakeLeases(), processes=FakeProcesses(), wallclock=lambda: NOW)
+    assert not dead_seed.exists()
+
+    journalled = settings.vm.overlay_dir / "vmiso-journalled-0123456789.seed.iso"
+    journalled.write_bytes(b"CD001")
+    journal = Journal(tmp_path / "sb" / "journal.jsonl", Owner(executor_id="e", executor_pid=777,
+                                                               executor_start_time="4242"))
+    journal.creating("seed", "vmiso-journalled-0123456789", path=str(journalled))
+    journal.close()
+    report = reap(settings, FakeDomains([]), FakeLeases(), processes=FakeProcesses(), orphan_files=False,
+                  journals=[journal.path])
+    assert [(f.kind, f.path) for f in report.found] == [(Kind.SEED, str(journalled))] and not journalled.exists()
+
+    orphan = settings.vm.overlay_dir / "vmiso-orphan-0123456789.seed.iso"
+    foreign = settings.vm.overlay_dir / "not-ours.seed.iso"
+    for path in (orphan, foreign):
+        path.write_bytes(b"CD001")
+    report = reap(settings, FakeDomains([]), FakeLeases(), processes=FakeProcesses(), orphan_min_age_s=60,
+                  wallclock=lambda: orphan.stat().st_mtime + 61)
+    assert (Kind.SEED, str(orphan)) in [(f.kind, f.path) for f in report.found]
+    assert not orphan.exists() and foreign.exists()

@@ -40,7 +40,8 @@ class ScriptedGuest:
         self.uploading = threading.Event()
         self.session: TaskSession | None = None
 
-    def connect(self, host: str, *, host_key: str, client_key: object, deadline: object) -> FakeRemote:
+    def connect(self, host: str, *, host_key: str, client_key: object, deadline: object,
+                user: str = "root") -> FakeRemote:
         return FakeRemote(host, host_key, handler=self.handle)
 
     def handle(self, remote: FakeRemote, command: str, out: Callable[[bytes], None],

@@ -25,6 +25,7 @@ from ..domainxml import Owner
 from ..errors import VmIsolationError
 from ..guest import GuestRequest
 from ..ids import domain_name_for
+from ..imagekinds import kind_for
 from ..launcher import LaunchSpec, guest_base_environment
 from ..procinfo import own_start_time
 from ..taskrun import run_launcher
@@ -59,6 +60,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             name=domain_name_for("boot"),
             base_image=settings.images.base(image),
             kernel=settings.images.kernel_for(image),
+            profile=settings.images.profile(image),
             vcpus=max(1, math.ceil(args.cpus)),
             memory_mib=max(settings.vm.memory_floor_mib, args.mem or settings.vm.default_memory_mib),
             # Recorded so vm-isolation-reap can remove the guest if this process dies.
@@ -66,7 +68,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         executor_start_time=own_start_time()),
         )
         spec = LaunchSpec(
-            workdir=settings.executor.guest_sandbox, env=guest_base_environment(),
+            workdir=settings.executor.guest_sandbox,
+            env=guest_base_environment(kind_for(settings, settings.images.profile(image)).home),
             shell_command=args.shell, executable=None if args.shell else args.argv[0],
             arguments=args.argv,
         )
