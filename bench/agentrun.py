@@ -9,7 +9,7 @@ from typing import Any, Iterable, Optional
 
 from vm_isolation.config import conf_path
 from vm_isolation.localagent import TERMINAL_STATES, LocalAgent, StatusRecord
-from vm_isolation.tasks import IMAGE_LABEL
+from vm_isolation.taskinfo import IMAGE_LABEL
 
 from .common import BENCH_PREFIX, TASK_MEM_MIB, now
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vm_isolation.guest import GuestLauncher, GuestRequest
+from vm_isolation.guest import GuestFactory, GuestRequest
+from vm_isolation.guestrun import run_launcher
 from vm_isolation.ids import domain_name_for
-from vm_isolation.launcher import GUEST_PATH, LaunchSpec
-from vm_isolation.taskrun import run_launcher
+from vm_isolation.launch_script import GUEST_PATH, LaunchSpec
 from vm_isolation.wiring import real_launcher
 
 from .common import BenchContext, Section, now, repetitions
@@ -36,7 +36,7 @@ def run(ctx: BenchContext, reps: int = 1) -> Section:
     return section
 
 
-def _one(launcher: GuestLauncher, ctx: BenchContext, section: Section, label: str, image: str, mem: int) -> None:
+def _one(launcher: GuestFactory, ctx: BenchContext, section: Section, label: str, image: str, mem: int) -> None:
     profile = ctx.settings.images.profile(image)
     request = GuestRequest(name=domain_name_for(f"bench-{label}"), base_image=profile.path, profile=profile,
                            memory_mib=mem, console_log=ctx.work_dir / f"{label}.console")

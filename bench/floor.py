@@ -9,9 +9,9 @@ domain is destroyed: the cost of one boot plus ``true``.
 
 from __future__ import annotations
 
-from vm_isolation.guest import GuestLauncher
-from vm_isolation.launcher import LaunchSpec
-from vm_isolation.taskrun import run_launcher
+from vm_isolation.guest import GuestFactory
+from vm_isolation.guestrun import run_launcher
+from vm_isolation.launch_script import LaunchSpec
 from vm_isolation.wiring import real_launcher
 
 from .common import BenchContext, Section, guest_request, now, repetitions
@@ -35,7 +35,7 @@ def run(ctx: BenchContext) -> Section:
     return section
 
 
-def _one(ctx: BenchContext, launcher: GuestLauncher, section: Section, kernel: KernelRun) -> None:
+def _one(ctx: BenchContext, launcher: GuestFactory, section: Section, kernel: KernelRun) -> None:
     request = guest_request(ctx, "bench-floor", kernel.kernel)
     spec = LaunchSpec(workdir="/", env={"PATH": PATH, "HOME": "/root"}, shell_command="true",
                       executable=None, arguments=[])

@@ -21,14 +21,14 @@ import threading
 import time
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
+from .agent_protocol import Subscribed
 from .config import MesosEnvironment, Settings
 from .domainxml import Owner
 from .errors import InvalidTask
 from .journal import NO_JOURNAL, ResourceJournal
-from .mesos_values import Subscribed
 from .session import DESTROY_AFTER_SIGKILL_S, GuestFactory
 from .statuses import Reason, TaskState
-from .tasks import parse_task, task_id_of
+from .taskinfo import parse_task, task_id_of
 from .taskworker import StatusSink, TaskWorker, WorkerContext
 
 log = logging.getLogger(__name__)

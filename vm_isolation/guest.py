@@ -1,6 +1,6 @@
 """One guest's life: overlay -> define -> start -> lease -> ssh, and teardown in reverse.
 
-:meth:`GuestLauncher.boot` is a context manager. Each phase is a short method; the undo of
+:meth:`GuestFactory.boot` is a context manager. Each phase is a short method; the undo of
 every resource is registered on an ``ExitStack`` the moment the resource exists, so teardown
 runs in reverse order on every path, errors and cancellation included: the SSH session is
 closed, the domain destroyed, its lease released, its definition, overlay and key removed.
@@ -43,7 +43,7 @@ from .hosttypes import (
 from .ids import DomainName, random_mac
 from .imagekinds import BootPlan, ImageKind, KindContext, kind_for
 from .journal import NO_JOURNAL, ResourceJournal
-from .launcher import GUEST_RUN_DIR
+from .launch_script import GUEST_RUN_DIR
 from .waiting import SYSTEM_CLOCK, Clock, Deadline, WaitTimeout, poll_until
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Phase(enum.StrEnum):
     LEASE = "lease"
     SSH = "ssh"
     ADOPT = "adopt"
-    """A pool guest taken over (:meth:`GuestLauncher.adopt`): journaled, its owner changed."""
+    """A pool guest taken over (:meth:`GuestFactory.adopt`): journaled, its owner changed."""
     SEED = "seed"
     """cloud-init images only: the NoCloud seed, made between the key and the define."""
 
@@ -132,7 +132,7 @@ class Guest:
 ProgressFn = Callable[[str, float], None]
 
 
-class GuestLauncher:
+class GuestFactory:
     """Boots guests from base images and tears them down, leaving nothing behind."""
 
     def __init__(
@@ -228,7 +228,7 @@ class GuestLauncher:
 
 
 class Adoptable(Protocol):
-    """What :meth:`GuestLauncher.adopt` needs of a guest offered to it (poolwire.Offer has it)."""
+    """What :meth:`GuestFactory.adopt` needs of a guest offered to it (poolwire.Offer has it)."""
 
     @property
     def name(self) -> DomainName: ...
@@ -245,7 +245,7 @@ class Adoptable(Protocol):
 
 
 class HeldGuest:
-    """A booted guest and the teardown that removes it (see :meth:`GuestLauncher.hold`)."""
+    """A booted guest and the teardown that removes it (see :meth:`GuestFactory.hold`)."""
 
     KINDS = ("overlay", "key_dir", "domain", "lease")
 
@@ -271,7 +271,7 @@ class HeldGuest:
 class _Boot:
     """The state of one boot; one short method per phase."""
 
-    def __init__(self, launcher: GuestLauncher, request: GuestRequest, cancel: threading.Event,
+    def __init__(self, launcher: GuestFactory, request: GuestRequest, cancel: threading.Event,
                  progress: ProgressFn) -> None:
         self.l = launcher
         self.req = request
@@ -584,7 +584,7 @@ class _Boot:
 class _Adopt(_Boot):
     """The take-over of a guest someone else booted: journal, switch owner, arm teardown, SSH."""
 
-    def __init__(self, launcher: GuestLauncher, offer: Adoptable, request: GuestRequest, cancel: threading.Event,
+    def __init__(self, launcher: GuestFactory, offer: Adoptable, request: GuestRequest, cancel: threading.Event,
                  progress: ProgressFn, on_owned: Callable[[], None]) -> None:
         super().__init__(launcher, replace(request, name=offer.name, console_log=None), cancel, progress)
         self.offer = offer

@@ -45,8 +45,7 @@ import pymesos
 import pymesos.process as pymesos_process
 from pymesos import MesosExecutorDriver
 
-from .config import MesosEnvironment
-from .mesos_values import (
+from .agent_protocol import (
     CallRefused,
     ExecutorEvents,
     JsonDict,
@@ -60,6 +59,7 @@ from .mesos_values import (
     parse_subscribed,
     reconnect_delay_s,
 )
+from .config import MesosEnvironment
 from .waiting import SYSTEM_CLOCK, Clock, Deadline
 
 __all__ = ["AgentConnection", "ExecutorEvents", "Subscribed"]

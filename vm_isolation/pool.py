@@ -3,11 +3,11 @@
 :class:`WarmPool` owns the pool guests' lives. Each guest is a *slot* that moves through
 :class:`SlotState` (BOOTING -> IDLE -> HANDING -> gone). It is booted with the pool's own
 owner (its owner file, journal and libvirt owner metadata, so ``vm-isolation-reap`` removes it
-if the pool dies) by :meth:`GuestLauncher.hold`, and then either torn down by the pool or,
+if the pool dies) by :meth:`GuestFactory.hold`, and then either torn down by the pool or,
 after a hand-over, *disowned*: forgotten without being removed, because it is someone else's.
 
 **Who owns a guest is decided by one thing: the domain's owner metadata.** The executor
-journals every resource, then switches the metadata to itself (:meth:`GuestLauncher.adopt`),
+journals every resource, then switches the metadata to itself (:meth:`GuestFactory.adopt`),
 then says ``taken``. Whatever the executor said, or if it vanished, :meth:`WarmPool.settle`
 reads the metadata: still the pool's -> the pool destroys the guest (it was offered, so it is
 never offered again); anyone else's -> the pool forgets it. So at every instant exactly one
@@ -62,7 +62,7 @@ class SlotState(enum.StrEnum):
 
 
 class Holder(Protocol):
-    """What the pool needs to boot (GuestLauncher has it)."""
+    """What the pool needs to boot (GuestFactory has it)."""
 
     def hold(self, request: GuestRequest, *, cancel: Optional[threading.Event] = None,
              progress: ProgressFn = ...) -> HeldGuest: ...

@@ -274,7 +274,7 @@ def _judge_domain(settings: Settings, domain: OwnedDomain, procs: ProcessTable, 
     if only_framework_id is not None and owner.framework_id != only_framework_id:
         return None
     if owner.executor_pid <= 0 and not owner.owner_file:
-        # vm-isolation-boot and direct GuestLauncher users record no owner: their liveness
+        # vm-isolation-boot and direct GuestFactory users record no owner: their liveness
         # cannot be judged, so they are never reaped automatically.
         report.kept.append(f"{domain.name}: no owner pid or owner file recorded; remove it by hand if it is stale")
         return None

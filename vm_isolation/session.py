@@ -1,7 +1,7 @@
 """One task's guest from admission to teardown, for both modes: the task session.
 
 A :class:`TaskSession` owns everything between "this task gets a guest" and "nothing of it is
-left": the domain name, the boot (:meth:`GuestLauncher.boot`), the mode's own preparation,
+left": the domain name, the boot (:meth:`GuestFactory.boot`), the mode's own preparation,
 the sandbox upload, the guest watch, the run, and the kill ladder. Its phases are explicit
 (:class:`SessionPhase`), like the boot's; the mode (a generic task, or wrap mode's inner
 executor) plugs in through :class:`Mode` and never touches the hypervisor.
@@ -34,9 +34,9 @@ from . import sandbox
 from .console import console_tail
 from .errors import VmIsolationError
 from .guest import Cancelled, Guest, GuestRequest, ProgressFn
-from .launcher import LaunchSpec
+from .guestrun import Sink, run_launcher, signal_task, watch_guest
+from .launch_script import LaunchSpec
 from .statuses import ExitStatus, RunResult
-from .taskrun import Sink, run_launcher, signal_task, watch_guest
 from .waiting import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class KillStep(enum.StrEnum):
 
 
 class GuestFactory(Protocol):
-    """Where a session's guest comes from: a :class:`guest.GuestLauncher` (cold boot) or a
+    """Where a session's guest comes from: a :class:`guest.GuestFactory` (cold boot) or a
     :class:`warm.WarmFactory` (the warm pool first)."""
 
     def boot(self, request: GuestRequest, *, cancel: Optional[threading.Event] = ...,

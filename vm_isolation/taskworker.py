@@ -27,10 +27,10 @@ from .domainxml import Owner
 from .guest import Guest, GuestRequest
 from .ids import domain_name_for
 from .journal import NO_JOURNAL, ResourceJournal
-from .launcher import LaunchSpec, guest_base_environment
+from .launch_script import LaunchSpec, guest_base_environment
 from .session import DESTROY_AFTER_SIGKILL_S, GuestFactory, SessionIO, TaskSession
 from .statuses import ExitStatus, Reason, RunResult, TaskState, task_outcome
-from .tasks import TaskSpec
+from .taskinfo import TaskSpec
 
 log = logging.getLogger(__name__)
 

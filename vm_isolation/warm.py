@@ -2,7 +2,7 @@
 
 :class:`WarmFactory` is what a :class:`session.TaskSession` boots through when ``[pool] size``
 is above 0. It asks the pool (:mod:`poolclient`) with a short timeout; an offer is taken over
-with :meth:`GuestLauncher.adopt` (journal, owner switch, SSH), whose teardown is the boot's.
+with :meth:`GuestFactory.adopt` (journal, owner switch, SSH), whose teardown is the boot's.
 On no pool, no guest of that shape, or any failure of the hand-over it boots cold, so a task
 never fails because of the pool. The guest's timings say which: ``pool`` (1: from the pool,
 0: the pool had none or failed, cold boot) and ``handover`` (seconds from asking to a ready
@@ -20,7 +20,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator, Optional
 
 from .errors import VmIsolationError
-from .guest import Cancelled, Guest, GuestLauncher, GuestRequest, ProgressFn
+from .guest import Cancelled, Guest, GuestFactory, GuestRequest, ProgressFn
 from .poolclient import Handover, PoolClient
 from .poolwire import ProtocolError, Shape, checked_shape
 from .waiting import SYSTEM_CLOCK, Clock
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class WarmFactory:
     """Boots through the pool when it can, cold otherwise (the session's guest factory)."""
 
-    def __init__(self, launcher: GuestLauncher, client: PoolClient, *, clock: Clock = SYSTEM_CLOCK,
+    def __init__(self, launcher: GuestFactory, client: PoolClient, *, clock: Clock = SYSTEM_CLOCK,
                  on_offer: Callable[[Handover], None] = lambda handover: None) -> None:
         """``on_offer``: called with each offer before it is taken over (a test seam)."""
         self.launcher = launcher

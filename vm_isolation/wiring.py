@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .accel import resolve_domain_type
 from .config import Settings
-from .guest import GuestLauncher
+from .guest import GuestFactory
 from .hostfirewall import NftFirewall, table_for
 from .hypervisor import LibvirtHypervisor
 from .leases import Leases
@@ -28,10 +28,10 @@ def real_leases(hypervisor: LibvirtHypervisor) -> Leases:
     return Leases(hypervisor)
 
 
-def real_launcher(settings: Settings, hypervisor: LibvirtHypervisor | None = None) -> GuestLauncher:
-    """A GuestLauncher on libvirt, qemu-img, dnsmasq leases and paramiko."""
+def real_launcher(settings: Settings, hypervisor: LibvirtHypervisor | None = None) -> GuestFactory:
+    """A GuestFactory on libvirt, qemu-img, dnsmasq leases and paramiko."""
     hv = hypervisor or real_hypervisor(settings)
-    return GuestLauncher(
+    return GuestFactory(
         settings,
         hv,
         real_leases(hv),
@@ -44,7 +44,7 @@ def real_launcher(settings: Settings, hypervisor: LibvirtHypervisor | None = Non
     )
 
 
-def guest_factory(settings: Settings, launcher: GuestLauncher) -> GuestLauncher | WarmFactory:
+def guest_factory(settings: Settings, launcher: GuestFactory) -> GuestFactory | WarmFactory:
     """What executors boot through: the warm pool first when ``[pool] size`` is above 0."""
     if not settings.pool.enabled:
         return launcher

@@ -29,10 +29,10 @@ from . import sandbox
 from .config import MesosEnvironment, Settings
 from .domainxml import Owner
 from .errors import HostError, VmIsolationError
-from .guest import Guest, GuestLauncher, GuestRequest
+from .guest import Guest, GuestFactory, GuestRequest
 from .ids import domain_name_for
 from .journal import NO_JOURNAL, ResourceJournal
-from .launcher import LaunchSpec, guest_base_environment
+from .launch_script import LaunchSpec, guest_base_environment
 from .procinfo import birth_time, process_start_wallclock
 from .session import SessionIO, TaskSession
 from .statuses import ExitStatus, RunResult
@@ -132,7 +132,7 @@ class Wrapper:
     """Runs one inner executor in one guest (the :class:`TaskSession`'s mode); :meth:`run`
     maps the session's result to the process exit status."""
 
-    def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestLauncher | WarmFactory,
+    def __init__(self, settings: Settings, env: MesosEnvironment, launcher: GuestFactory | WarmFactory,
                  command: InnerCommand,
                  *, bridge_address: Callable[[], str], out: Callable[[bytes], None],
                  err: Callable[[bytes], None], journal: ResourceJournal = NO_JOURNAL,

@@ -18,7 +18,7 @@ from tests.mesos.conftest import no_containers_left, record_timing
 from tests.mesos.framework import Framework, run_mesos_execute, vm_task
 from tests.real.conftest import Leftovers
 from vm_isolation.ids import name_prefix
-from vm_isolation.tasks import task_dir_name
+from vm_isolation.taskinfo import task_dir_name
 
 BOOT_S = 180.0
 

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import pytest
 
 from vm_isolation.config import Settings, load_settings
-from vm_isolation.guest import GuestLauncher
+from vm_isolation.guest import GuestFactory
 from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.leases import Leases
 from vm_isolation.waiting import Deadline, WaitTimeout, poll_until
@@ -43,7 +43,7 @@ def hypervisor(settings: Settings) -> Iterator[LibvirtHypervisor]:
 
 
 @pytest.fixture
-def launcher(settings: Settings, hypervisor: LibvirtHypervisor) -> GuestLauncher:
+def launcher(settings: Settings, hypervisor: LibvirtHypervisor) -> GuestFactory:
     return real_launcher(settings, hypervisor)
 
 

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Optional
 from tests.real.conftest import Leftovers
 from vm_isolation import hostfirewall
 from vm_isolation.config import Settings
-from vm_isolation.guest import Guest, GuestLauncher
+from vm_isolation.guest import Guest, GuestFactory
 from vm_isolation.hostsetup import tuned_network_xml
 from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.wiring import real_launcher
@@ -103,7 +103,7 @@ class OwnNetwork:
         """(Re)install this network's table, as host set-up does, with that egress policy."""
         hostfirewall.install(hostfirewall.FirewallPolicy(self.bridge, self.address, egress, allow, self.table))
 
-    def launcher(self) -> GuestLauncher:
+    def launcher(self) -> GuestFactory:
         return real_launcher(self.settings, self.hv)
 
     def leftovers(self) -> Leftovers:

@@ -24,7 +24,7 @@ from tests.real.conftest import Leftovers
 from tests.real.test_executor_e2e import Run, task
 from vm_isolation.config import ImageProfile, Settings, conf_path, load_settings
 from vm_isolation.errors import HostKeyMismatch
-from vm_isolation.guest import GuestLauncher, GuestRequest
+from vm_isolation.guest import GuestFactory, GuestRequest
 from vm_isolation.ids import domain_name_for, name_prefix
 from vm_isolation.imagekinds import BootPlan, KindContext
 from vm_isolation.imagekinds.direct import DirectKernelKind
@@ -143,7 +143,7 @@ class _WrongPin:
 
 
 def test_a_guest_presenting_another_host_key_than_the_pinned_one_is_refused(
-        launcher: GuestLauncher, settings: Settings, leftovers: Leftovers) -> None:
+        launcher: GuestFactory, settings: Settings, leftovers: Leftovers) -> None:
     before = leftovers.snapshot()
     pinned = generate_host_key().public_openssh
     launcher._kinds = lambda s, profile: _WrongPin(DirectKernelKind(s, profile), pinned)  # type: ignore[assignment]

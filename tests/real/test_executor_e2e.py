@@ -18,7 +18,7 @@ from vm_isolation.config import conf_path
 from vm_isolation.ids import name_prefix
 from vm_isolation.journal import journal_path, read_journal
 from vm_isolation.localagent import LocalAgent
-from vm_isolation.tasks import task_dir_name
+from vm_isolation.taskinfo import task_dir_name
 
 BOOT_S = 180.0  # generous deadline for a boot under software emulation on a loaded CI host
 

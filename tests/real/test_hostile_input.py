@@ -4,7 +4,7 @@ Two batches keep it fast: every case that must end in TASK_ERROR goes into ONE e
 needs no guest; every case that must run with its values passed literally goes into ONE
 executor with four guests. Shapes the agent stand-in itself refuses (it raises ValueError, as
 the real agent would never forward them) cannot reach the executor; they are checked on
-:func:`vm_isolation.tasks.parse_task` at the end, counted separately in ``PARSER_CASES``.
+:func:`vm_isolation.taskinfo.parse_task` at the end, counted separately in ``PARSER_CASES``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from vm_isolation.config import Settings
 from vm_isolation.errors import InvalidTask
 from vm_isolation.ids import domain_name_for
 from vm_isolation.localagent import LocalAgent
-from vm_isolation.tasks import parse_task, task_dir_name
+from vm_isolation.taskinfo import parse_task, task_dir_name
 
 BOOT_S = 240.0  # four guests at once under software emulation on a loaded CI host
 ERROR_S = 90.0

@@ -18,7 +18,7 @@ from tests.real.ownnet import PY_SERVE, PY_UDP, run, tcp_reaches
 from vm_isolation import hostfirewall
 from vm_isolation.config import Settings
 from vm_isolation.errors import VmIsolationError
-from vm_isolation.guest import Guest, GuestLauncher, GuestRequest
+from vm_isolation.guest import Guest, GuestFactory, GuestRequest
 from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.ids import domain_name_for
 from vm_isolation.waiting import Deadline, poll_until
@@ -32,7 +32,7 @@ def bridge_ip(settings: Settings, hypervisor: LibvirtHypervisor) -> str:
 
 
 @pytest.fixture
-def two_guests(settings: Settings, launcher: GuestLauncher, leftovers: Leftovers) -> Iterator[tuple[Guest, Guest]]:
+def two_guests(settings: Settings, launcher: GuestFactory, leftovers: Leftovers) -> Iterator[tuple[Guest, Guest]]:
     """Guests A and B (python image), A serving TCP 7000 and UDP 7001."""
     before = leftovers.snapshot()
     names = [domain_name_for(h) for h in ("neta", "netb")]
@@ -97,7 +97,7 @@ def host_listeners(bridge_ip: str) -> Iterator[dict[str, int]]:
 
 
 def test_host_services_are_closed_to_a_guest_but_dns_is_open(
-        settings: Settings, launcher: GuestLauncher, leftovers: Leftovers, bridge_ip: str,
+        settings: Settings, launcher: GuestFactory, leftovers: Leftovers, bridge_ip: str,
         host_listeners: dict[str, int]) -> None:
     """A guest cannot connect to host listeners on 0.0.0.0, the bridge address or loopback
     (tried via the bridge address and via 127.0.0.1 routed to the host), nor to 169.254.169.254;

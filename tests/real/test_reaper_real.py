@@ -24,7 +24,7 @@ import pytest
 from tests.real.conftest import Leftovers
 from vm_isolation.config import Settings
 from vm_isolation.domainxml import DomainSpec, Owner, render
-from vm_isolation.guest import GuestLauncher, GuestRequest
+from vm_isolation.guest import GuestFactory, GuestRequest
 from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.ids import domain_name_for, random_mac
 from vm_isolation.leases import Leases
@@ -105,7 +105,7 @@ def owner_process(owner_dir: Path, *prefix: str) -> Iterator[tuple[subprocess.Po
 
 
 def test_a_dead_executors_running_guest_is_reaped_and_bystanders_are_untouched(
-        settings: Settings, hypervisor: LibvirtHypervisor, launcher: GuestLauncher, leftovers: Leftovers,
+        settings: Settings, hypervisor: LibvirtHypervisor, launcher: GuestFactory, leftovers: Leftovers,
         executor_id: str, bystanders: list[str], tmp_path: Path) -> None:
     """A booted guest whose owner holds its owner-file lock is kept; once the owner is killed it
     loses domain, overlay, key dir and lease; a live owner's domain, a metadata-less foreign

@@ -13,11 +13,11 @@ import pytest
 from tests.real.conftest import Leftovers
 from vm_isolation.config import Settings
 from vm_isolation.errors import AddressTimeout
-from vm_isolation.guest import GuestLauncher, GuestRequest
+from vm_isolation.guest import GuestFactory, GuestRequest
+from vm_isolation.guestrun import run_launcher
 from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.ids import domain_name_for
-from vm_isolation.launcher import LaunchSpec
-from vm_isolation.taskrun import run_launcher
+from vm_isolation.launch_script import LaunchSpec
 from vm_isolation.wiring import real_launcher
 
 PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
@@ -30,7 +30,7 @@ def request(settings: Settings, hint: str) -> GuestRequest:
 
 
 def test_a_launcher_runs_in_a_fresh_guest_and_everything_is_removed(
-        settings: Settings, launcher: GuestLauncher, leftovers: Leftovers) -> None:
+        settings: Settings, launcher: GuestFactory, leftovers: Leftovers) -> None:
     """The guest prints its own hostname, exits 7, and teardown leaves no domain, overlay, key or lease."""
     before = leftovers.snapshot()
     req = request(settings, "exit7")
@@ -51,7 +51,7 @@ def test_a_launcher_runs_in_a_fresh_guest_and_everything_is_removed(
 
 
 def test_writes_stay_in_the_overlay_and_argv0_is_kept(
-        settings: Settings, launcher: GuestLauncher, leftovers: Leftovers) -> None:
+        settings: Settings, launcher: GuestFactory, leftovers: Leftovers) -> None:
     """A file written in one guest is absent from the next (base untouched); argv[0] is passed."""
     before = leftovers.snapshot()
     base = settings.images.base(settings.images.default)
@@ -97,7 +97,7 @@ def test_a_guest_that_never_gets_a_lease_fails_with_the_named_error(
 
 
 @pytest.fixture
-def running_guest(settings: Settings, launcher: GuestLauncher, leftovers: Leftovers):  # type: ignore[no-untyped-def]
+def running_guest(settings: Settings, launcher: GuestFactory, leftovers: Leftovers):  # type: ignore[no-untyped-def]
     before = leftovers.snapshot()
     req = request(settings, "findaddr")
     with launcher.boot(req) as guest:
@@ -143,7 +143,7 @@ def test_find_addr_exit_codes_for_missing_things() -> None:
 
 @pytest.mark.parametrize("kind", ["fast", "debian"])
 def test_each_kernel_boots_the_same_disk_and_only_debians_has_modules_and_cgroups(
-        kind: str, settings: Settings, launcher: GuestLauncher, leftovers: Leftovers) -> None:
+        kind: str, settings: Settings, launcher: GuestFactory, leftovers: Leftovers) -> None:
     """The fast kernel boots without an initramfs straight into the disk's init; Debian's kernel
     (``kernel = debian``, for tasks that need them) boots with its initramfs and has loadable
     modules and cgroups. Either way the guest comes up with its host key, address and SSH."""

@@ -15,7 +15,7 @@ OWNERS = {
     "paramiko": {"remote.py"},
     "cryptography": {"sshkeys.py"},
     "netifaces": {"hostnet.py"},
-    "jinja2": {"launcher.py"},
+    "jinja2": {"launch_script.py"},
     "pymesos": {"mesos.py", "scheduler/mesos_driver.py"},  # the executor and the scheduler side of Mesos
     "kazoo": {"scheduler/zkstore.py"},
 }
@@ -31,7 +31,7 @@ PROGRAM_OWNERS = {
 
 ADAPTERS = {"hypervisor", "remote", "overlay", "leases", "hostfirewall", "hostnet", "sshkeys", "mesos",
             "hostservices", "wiring"}
-LIFECYCLE = {"guest.py", "session.py", "taskworker.py", "wrap.py", "taskrun.py", "sandbox.py", "executor.py",
+LIFECYCLE = {"guest.py", "session.py", "taskworker.py", "wrap.py", "guestrun.py", "sandbox.py", "executor.py",
              "reaper.py", "reaperwatch.py", "checks.py", "pool.py", "warm.py", "poolwire.py"}
 
 

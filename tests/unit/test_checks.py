@@ -10,7 +10,7 @@ import pytest
 from vm_isolation.checks import Checker, CheckTracker, HealthTracker, ProbeResult, run_probe
 from vm_isolation.checkspec import CheckSpec, Probe, ProbeKind, parse_check, parse_health_check
 from vm_isolation.errors import InvalidTask
-from vm_isolation.tasks import command_info
+from vm_isolation.taskinfo import command_info
 
 OK = ProbeResult(True, {"type": "TCP", "tcp": {"succeeded": True}}, "ok")
 BAD = ProbeResult(False, {"type": "TCP", "tcp": {"succeeded": False}}, "refused")

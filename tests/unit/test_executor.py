@@ -16,7 +16,7 @@ import pytest
 from tests.unit.fakes import FakeDisks, FakeFirewall, FakeHypervisor, FakeRemote, fake_key_factory
 from vm_isolation.config import ExecutorSettings, MesosEnvironment, Settings, VmSettings
 from vm_isolation.executor import Executor
-from vm_isolation.guest import GuestLauncher
+from vm_isolation.guest import GuestFactory
 from vm_isolation.leases import Leases
 from vm_isolation.waiting import Deadline, poll_until
 
@@ -101,7 +101,7 @@ def world(tmp_path: Path, linger_s: float) -> Iterator[World]:
                        executor=ExecutorSettings(linger_s=linger_s))
     hv = FakeHypervisor()
     guests = Guests()
-    launcher = GuestLauncher(settings, hv, Leases(hv, status_dir=tmp_path / "none", release_command="true"),
+    launcher = GuestFactory(settings, hv, Leases(hv, status_dir=tmp_path / "none", release_command="true"),
                              domain_type="qemu", connect=guests, make_key=fake_key_factory, disks=FakeDisks(),
                              firewall=FakeFirewall())
     env = MesosEnvironment(framework_id="fw", executor_id="ex", agent_endpoint="127.0.0.1:5051",
@@ -220,7 +220,7 @@ def test_a_failing_health_check_reports_unhealthy_then_kills_the_task(world: Wor
 
 
 def test_task_killing_is_sent_only_to_frameworks_that_opted_in(world: World) -> None:
-    from vm_isolation.mesos_values import Subscribed
+    from vm_isolation.agent_protocol import Subscribed
 
     executor, agent, hv, guests = world
     executor.on_launch(task("plain", "sleep 60"))  # launched before the capability was known

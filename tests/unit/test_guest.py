@@ -13,7 +13,7 @@ from vm_isolation.config import Settings, VmSettings
 from vm_isolation.console import host_key_from_console
 from vm_isolation.domainxml import Owner
 from vm_isolation.errors import AddressTimeout, GuestDied, NetworkUnavailable, SshAuthError
-from vm_isolation.guest import Cancelled, GuestLauncher, GuestRequest
+from vm_isolation.guest import Cancelled, GuestFactory, GuestRequest
 from vm_isolation.ids import DomainName
 from vm_isolation.journal import Journal, read_journal
 from vm_isolation.leases import Leases
@@ -32,7 +32,7 @@ class World:
         self.settings = replace(settings, vm=replace(
             VmSettings(), overlay_dir=tmp_path / "overlays", key_dir=tmp_path / "keys",
             console_dir=tmp_path, boot_timeout_s=30, ssh_timeout_s=10))
-        self.launcher = GuestLauncher(
+        self.launcher = GuestFactory(
             self.settings, hv, Leases(hv, status_dir=tmp_path / "no-status", release_command="true"),
             domain_type="qemu",
             connect=self.connector, make_key=fake_key_factory, disks=self.disks, clock=self.clock,

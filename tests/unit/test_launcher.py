@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vm_isolation.errors import InvalidTask
-from vm_isolation.launcher import LaunchSpec, parse_started, render_launcher, template_path
+from vm_isolation.launch_script import LaunchSpec, parse_started, render_launcher, template_path
 
 HOSTILE = [
     "plain",

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from vm_isolation.mesos_values import (
+from vm_isolation.agent_protocol import (
     CallRefused,
     JsonDict,
     Outbox,

@@ -26,7 +26,7 @@ from tests.unit.test_guest import RecordingJournal
 from vm_isolation.config import PoolSettings, Settings, VmSettings
 from vm_isolation.domainxml import Owner
 from vm_isolation.errors import GuestDied
-from vm_isolation.guest import Cancelled, GuestLauncher, GuestRequest
+from vm_isolation.guest import Cancelled, GuestFactory, GuestRequest
 from vm_isolation.ids import DomainName
 from vm_isolation.journal import Journal, ResourceJournal, read_journal
 from vm_isolation.leases import Leases
@@ -60,7 +60,7 @@ class PoolWorld:
             pool=PoolSettings(size=count, shapes=((SHAPE, count),), max_concurrent_boots=max_boots,
                               socket=Path(tempfile.mkdtemp(prefix="vmiso-pool-test-", dir="/tmp")) / "pool.sock",
                               handover_timeout_s=5, take_timeout_s=5))
-        self.launcher = GuestLauncher(
+        self.launcher = GuestFactory(
             self.settings, self.hv, Leases(self.hv, status_dir=tmp / "no-status", release_command="true"),
             domain_type="qemu", connect=self.connector, make_key=fake_key_factory, disks=self.disks,
             firewall=FakeFirewall(), clock=FakeClock(), wallclock=lambda: 1234.5, load_key=load_fake_key)

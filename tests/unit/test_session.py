@@ -15,8 +15,8 @@ import pytest
 from tests.unit.fakes import FakeClock, FakeDisks, FakeFirewall, FakeHypervisor, FakeRemote, fake_key_factory
 from vm_isolation.config import Settings, VmSettings
 from vm_isolation.domainxml import Owner
-from vm_isolation.guest import Guest, GuestLauncher, GuestRequest
-from vm_isolation.launcher import LaunchSpec
+from vm_isolation.guest import Guest, GuestFactory, GuestRequest
+from vm_isolation.launch_script import LaunchSpec
 from vm_isolation.leases import Leases
 from vm_isolation.session import KillStep, SessionIO, SessionPhase, TaskSession
 from vm_isolation.statuses import ExitStatus, Reason, RunResult, TaskState, task_outcome
@@ -102,7 +102,7 @@ def make_world(tmp_path: Path) -> Iterator[Callable[..., World]]:
         hv = FakeHypervisor(gives_lease=gives_lease)
         guest = ScriptedGuest(ends_on)
         guests.append(guest)
-        factory = GuestLauncher(settings, hv, Leases(hv, status_dir=tmp_path / "none", release_command="true"),
+        factory = GuestFactory(settings, hv, Leases(hv, status_dir=tmp_path / "none", release_command="true"),
                                 domain_type="qemu", connect=guest.connect, make_key=fake_key_factory,
                                 disks=FakeDisks(), firewall=FakeFirewall())
         sandbox = tmp_path / "sandbox"

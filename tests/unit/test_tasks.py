@@ -10,7 +10,7 @@ import pytest
 
 from vm_isolation.config import Settings
 from vm_isolation.errors import InvalidTask
-from vm_isolation.tasks import parse_task, task_dir_name
+from vm_isolation.taskinfo import parse_task, task_dir_name
 
 SETTINGS = Settings()
 

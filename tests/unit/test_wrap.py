@@ -11,7 +11,7 @@ import pytest
 
 from vm_isolation.config import mesos_environment
 from vm_isolation.errors import HostError
-from vm_isolation.launcher import render_launcher
+from vm_isolation.launch_script import render_launcher
 from vm_isolation.procinfo import birth_time
 from vm_isolation.wrap import InnerCommand, guest_environment, guest_workdir, inner_launch_spec, split_endpoint
 

@@ -24,11 +24,11 @@ from ..config import Settings, load_settings
 from ..domainxml import Owner
 from ..errors import VmIsolationError
 from ..guest import GuestRequest
+from ..guestrun import run_launcher
 from ..ids import domain_name_for
 from ..imagekinds import kind_for
-from ..launcher import LaunchSpec, guest_base_environment
+from ..launch_script import LaunchSpec, guest_base_environment
 from ..procinfo import own_start_time
-from ..taskrun import run_launcher
 from ..wiring import real_launcher
 from .common import configure_logging
 

@@ -31,7 +31,7 @@ from ..config import MesosEnvironment, Settings, load_settings, mesos_environmen
 from ..domainxml import Owner
 from ..errors import VmIsolationError
 from ..executor import Executor
-from ..guest import GuestLauncher
+from ..guest import GuestFactory
 from ..hostaccess import access_problems, describe
 from ..hostnet import bridge_ipv4
 from ..hypervisor import LibvirtHypervisor
@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace, inner: list[str], settings: Settings, env: 
     return code
 
 
-def _wrap(settings: Settings, env: MesosEnvironment, launcher: GuestLauncher | WarmFactory,
+def _wrap(settings: Settings, env: MesosEnvironment, launcher: GuestFactory | WarmFactory,
           hypervisor: LibvirtHypervisor, command: InnerCommand, journal: Journal, owner: Owner) -> int:
     if bool(command.argv) == (command.shell is not None):
         log.error("--wrap needs the inner executor either after -- (argv) or as --shell 'COMMAND'")

@@ -30,7 +30,7 @@ from typing import Any, Optional
 from ..config import conf_path
 from ..localagent import TERMINAL_STATES, LocalAgent, StatusRecord
 from ..scheduler.taskinfo import ExecutorCommand
-from ..tasks import IMAGE_LABEL, task_dir_name
+from ..taskinfo import IMAGE_LABEL, task_dir_name
 from .run_cluster import run_on_master
 
 EXIT_TIMEOUT = 124

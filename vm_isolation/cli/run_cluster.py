@@ -24,7 +24,7 @@ from ..scheduler.model import InvalidSpec, parse_group
 from ..scheduler.oneshot import OneShot
 from ..scheduler.placement import Need, parse_constraints
 from ..scheduler.taskinfo import ExecutorCommand, task_info
-from ..tasks import task_dir_name
+from ..taskinfo import task_dir_name
 
 HTTP_TIMEOUT_S = 10.0
 KILL_WAIT_S = 60.0

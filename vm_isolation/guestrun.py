@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from .errors import VmIsolationError
 from .guest import Guest
-from .launcher import LaunchSpec, parse_started, render_launcher
+from .launch_script import LaunchSpec, parse_started, render_launcher
 from .statuses import ExitStatus
 
 log = logging.getLogger(__name__)
