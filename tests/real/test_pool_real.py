@@ -94,9 +94,11 @@ class PoolProcess:
 def pool(tmp_path: Path, leftovers: Leftovers) -> Iterator[PoolProcess]:
     before = leftovers.snapshot()
     process = PoolProcess(tmp_path)
-    process.start()
-    yield process
-    process.close()
+    try:
+        process.start()
+        yield process
+    finally:
+        process.close()
     leftovers.assert_none_since(before, prefixes=[POOL_NAME_PREFIX])
 
 
