@@ -16,11 +16,11 @@ test: setup lint unit
 	$(PY) -m pytest -m 'real or mesos' $(PYTEST_ARGS)
 
 # The fast lane: tests/unit on fakes and in-process servers. It needs neither root, nor
-# libvirtd, nor host set-up, only the venv (built once by `make venv`, which does need them);
+# libvirtd, nor host set-up, only the venv (`make venv`: Debian's python3 with python3-venv, gcc
+# and the Python headers, which `make setup`'s host step installs first);
 # `make unit-nolibvirt` runs it as on a host without libvirt-python (imports of it refused).
 # VMISO_REQUIRE_MESOS is for the real-cluster run that follows in `make test`, not this one.
-unit:
-	@test -f $(VENV)/.installed || $(MAKE) venv
+unit: venv
 	VMISO_REQUIRE_MESOS= $(PY) -m pytest tests/unit -m 'not real and not mesos' --timeout=120 $(PYTEST_ARGS)
 
 unit-nolibvirt:
@@ -45,7 +45,7 @@ host:
 # rebuilt.
 HOST_PYTHON ?= /usr/bin/python3
 venv: $(VENV)/.installed
-$(VENV)/.installed: setup.cfg pyproject.toml Makefile scripts/install-http-parser.sh | host
+$(VENV)/.installed: setup.cfg pyproject.toml Makefile scripts/install-http-parser.sh
 	if [ -f $(VENV)/pyvenv.cfg ] && ! grep -qx "home = $$(dirname $(HOST_PYTHON))" $(VENV)/pyvenv.cfg; then \
 	  echo "venv: $(VENV) is not on $(HOST_PYTHON): rebuilding it"; rm -rf $(VENV); fi
 	test -x $(PY) || $(HOST_PYTHON) -m venv $(VENV)
