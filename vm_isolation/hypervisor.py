@@ -36,6 +36,8 @@ libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 RECONNECT_S = 20.0
 """How long calls keep trying to reconnect after libvirtd went away (a restart takes 2-8 s here)."""
+OPEN_ATTEMPT_S = 10.0
+"""How long one virConnectOpen may take before it is abandoned and retried (a healthy one: ms)."""
 _NO_DOMAIN = {libvirt.VIR_ERR_NO_DOMAIN}
 _CONNECTION_LOST = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC}
 _NOT_RUNNING = {libvirt.VIR_ERR_OPERATION_INVALID}
@@ -55,13 +57,15 @@ class LibvirtHypervisor:
     """One libvirt connection, shared by threads (libvirt's client is thread-safe)."""
 
     def __init__(self, uri: str = "qemu:///system", *, reconnect_s: float = RECONNECT_S,
-                 first_connect_s: float = 0.0, clock: Clock = SYSTEM_CLOCK) -> None:
+                 first_connect_s: float = 0.0, clock: Clock = SYSTEM_CLOCK,
+                 open_attempt_s: float = OPEN_ATTEMPT_S) -> None:
         """``reconnect_s``: how long to keep trying after a working connection was lost;
         ``first_connect_s``: the same for the first connection (0: fail at once, for tools an
         operator runs by hand; the executor waits, as it may start during a libvirtd restart)."""
         self.uri = uri
         self.reconnect_s = reconnect_s
         self.first_connect_s = first_connect_s
+        self.open_attempt_s = open_attempt_s
         self._clock = clock
         self._conn: Optional[libvirt.virConnect] = None
         self._ever_connected = False
@@ -80,14 +84,16 @@ class LibvirtHypervisor:
     def _open(self) -> libvirt.virConnect:
         """Open the connection, retrying for up to ``reconnect_s`` after a working connection
         was lost (libvirtd restarting), ``first_connect_s`` before the first one."""
-        last: list[libvirt.libvirtError] = []
+        last: list[str] = []
 
         def attempt() -> Optional[libvirt.virConnect]:
             try:
-                return libvirt.open(self.uri)
+                return self._open_once()
             except libvirt.libvirtError as exc:
-                last[:] = [exc]
-                return None
+                last[:] = [str(exc.get_error_message())]
+            except _OpenHung as exc:
+                last[:] = [str(exc)]
+            return None
 
         window = self.reconnect_s if self._ever_connected else self.first_connect_s
         if window and self._ever_connected:
@@ -96,11 +102,51 @@ class LibvirtHypervisor:
             return poll_until(attempt, Deadline.after(window, self._clock), interval_s=0.5,
                               what=f"libvirt at {self.uri}")
         except WaitTimeout:
-            exc = last[0]
             raise LibvirtUnavailable(
-                f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}. "
+                f"cannot connect to libvirt at {self.uri}: {last[0] if last else 'no answer'}. "
                 f"Start libvirtd (scripts/host-setup.sh does) and check this user may use its socket"
-            ) from exc
+            ) from None
+
+    def _open_once(self) -> libvirt.virConnect:
+        """One ``virConnectOpen``, given ``open_attempt_s``.
+
+        NOTE: a libvirtd that is restarting can accept the connection and never answer the
+        handshake: ``virConnectOpen`` then blocks for good (seen here twice, in the reaper
+        watcher and the warm pool, after a libvirtd restart; confirmed with gdb). The open runs
+        on its own thread; one that does not return in time is abandoned (it closes what it
+        gets, should it ever return) and the attempt counts as failed, so the caller's retry
+        window still bounds the wait.
+        """
+        done = threading.Event()
+        handed_over = threading.Lock()
+        outcome: list[Any] = []
+        abandoned: list[bool] = []
+
+        def run() -> None:
+            try:
+                result: Any = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                result = exc
+            with handed_over:
+                if not abandoned:
+                    outcome.append(result)
+                    done.set()
+                    return
+            if not isinstance(result, libvirt.libvirtError):  # too late: nobody will use it
+                with suppress(libvirt.libvirtError):
+                    result.close()
+
+        threading.Thread(target=run, daemon=True, name="libvirt-open").start()
+        if not done.wait(self.open_attempt_s):
+            with handed_over:
+                if not done.is_set():
+                    abandoned.append(True)
+                    raise _OpenHung(f"libvirtd accepted the connection but did not answer within "
+                                    f"{self.open_attempt_s:g} s")
+        result = outcome[0]
+        if isinstance(result, libvirt.libvirtError):
+            raise result
+        return result
 
     def _close_quietly(self) -> None:
         try:
@@ -289,6 +335,10 @@ class LibvirtHypervisor:
                 net.create()
 
         self._call(f"start network {name}", start)
+
+
+class _OpenHung(Exception):
+    """virConnectOpen did not return within the attempt's time (internal: retried)."""
 
 
 class _NotRunning(VmIsolationError):
