@@ -146,7 +146,8 @@ def test_a_guest_presenting_another_host_key_than_the_pinned_one_is_refused(
         launcher: GuestFactory, settings: Settings, leftovers: Leftovers) -> None:
     before = leftovers.snapshot()
     pinned = generate_host_key().public_openssh
-    launcher._kinds = lambda s, profile: _WrongPin(DirectKernelKind(s, profile), pinned)  # type: ignore[assignment]
+    launcher._kinds = lambda s, profile, kernel=None: _WrongPin(  # type: ignore[assignment]
+        DirectKernelKind(s, profile, kernel), pinned)
     profile = ImageProfile(path=settings.images.base("busybox"))
     request = GuestRequest(name=domain_name_for("wrongpin"), base_image=profile.path, profile=profile)
     with pytest.raises(HostKeyMismatch) as info, launcher.boot(request):
