@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from typing import Optional, Union
 
 
 def configure_logging(prog: str, verbose: bool = False) -> None:
@@ -16,3 +18,19 @@ def configure_logging(prog: str, verbose: bool = False) -> None:
     )
     # paramiko logs every transport event at INFO; only its warnings are news to an operator.
     logging.getLogger("paramiko").setLevel(logging.WARNING)
+
+
+def task_exit_status(state: str, data: Optional[Union[bytes, str]]) -> int:
+    """The process exit status for a task's terminal status, as Mesos's command executor gives
+    it: 0 for TASK_FINISHED, the command's own status for TASK_FAILED when the status data
+    carries it (``exit_status``), 1 otherwise."""
+    if state == "TASK_FINISHED":
+        return 0
+    if state == "TASK_FAILED" and data:
+        try:
+            code = json.loads(data).get("exit_status")
+        except ValueError:
+            code = None
+        if isinstance(code, int) and 0 < code < 256:
+            return code
+    return 1

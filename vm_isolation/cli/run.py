@@ -31,6 +31,7 @@ from ..config import conf_path
 from ..localagent import TERMINAL_STATES, LocalAgent, StatusRecord
 from ..scheduler.taskinfo import ExecutorCommand
 from ..taskinfo import IMAGE_LABEL, task_dir_name
+from .common import task_exit_status
 from .run_cluster import run_on_master
 
 EXIT_TIMEOUT = 124
@@ -118,7 +119,7 @@ def _run(args: argparse.Namespace, env_vars: list[dict[str, str]], work: Path) -
         _report(watcher, handle.sandbox, task_id)
     if final is None:
         return EXIT_TIMEOUT
-    return _exit_status(final)
+    return task_exit_status(final.state, final.data)
 
 
 class _Watcher:
@@ -184,19 +185,6 @@ def _report(watcher: _Watcher, sandbox: Path, task_id: str) -> None:
     for state in ("TASK_RUNNING", "TASK_FINISHED", "TASK_FAILED", "TASK_KILLED"):
         if state in watcher.times:
             say(f"LAUNCH -> {state}: {watcher.times[state]:.2f} s")
-
-
-def _exit_status(final: StatusRecord) -> int:
-    if final.state == "TASK_FINISHED":
-        return 0
-    if final.state == "TASK_FAILED" and final.data:
-        try:
-            code = json.loads(final.data).get("exit_status")
-        except ValueError:
-            code = None
-        if isinstance(code, int) and 0 < code < 256:
-            return code
-    return 1
 
 
 def say(text: str) -> None:

@@ -18,13 +18,13 @@ import urllib.request
 import uuid
 from typing import Any, Optional
 
-from ..scheduler.instances import TaskStatus
 from ..scheduler.mesos_driver import MesosDriver
 from ..scheduler.model import InvalidSpec, parse_group
 from ..scheduler.oneshot import OneShot
 from ..scheduler.placement import Need, parse_constraints
 from ..scheduler.taskinfo import ExecutorCommand, task_info
 from ..taskinfo import task_dir_name
+from .common import task_exit_status
 
 HTTP_TIMEOUT_S = 10.0
 KILL_WAIT_S = 60.0
@@ -87,7 +87,7 @@ def run_on_master(args: argparse.Namespace, env: dict[str, str], executor: Execu
         if run.final is not None and run.agent_id and framework_id and "://" not in args.master:
             _print_stdout(args.master, framework_id, run.agent_id, task_id, say)
         driver.stop(teardown=True)
-    return 124 if run.final is None else _exit_status(run.final)
+    return 124 if run.final is None else task_exit_status(run.final.state, run.final.data)
 
 
 def _get(url: str) -> Any:
@@ -116,14 +116,3 @@ def _print_stdout(master: str, framework_id: str, agent_id: str, task_id: str, s
     print(out, end="", flush=True)
 
 
-def _exit_status(final: TaskStatus) -> int:
-    if final.state == "TASK_FINISHED":
-        return 0
-    if final.state == "TASK_FAILED" and final.data:
-        try:
-            code = json.loads(final.data).get("exit_status")
-        except ValueError:
-            code = None
-        if isinstance(code, int) and 0 < code < 256:
-            return code
-    return 1
