@@ -34,16 +34,21 @@ import shutil
 import signal
 import socket
 import stat
+import sys
 import threading
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Callable, Optional, TypeVar
 
-import paramiko  # type: ignore[import-untyped]  # paramiko ships no type information
-
 from .errors import HostKeyMismatch, SshAuthError, SshError, SshUnavailable, TransferError
 from .sshkeys import ClientKey, fingerprint_of
 from .waiting import Clock, Deadline, WaitTimeout, poll_until
+
+# paramiko.config imports invoke (and with it yaml, asyncio and unittest.mock: ~45 ms and several
+# MiB in every executor) only to run `Match exec` lines of an ssh_config, which this project never
+# reads; paramiko handles its absence. A process that already imported invoke keeps it.
+sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
+import paramiko  # type: ignore[import-untyped]  # noqa: E402  (no type information)
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

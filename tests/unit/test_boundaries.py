@@ -111,3 +111,20 @@ def test_the_lifecycle_imports_no_adapter(module: str) -> None:
     """The lifecycle sees the host's systems through hosttypes' Protocols; which adapter
     stands behind them is decided in wiring.py only."""
     assert package_imports(PACKAGE / module) & ADAPTERS == set()
+
+
+NOT_IN_THE_EXECUTOR = ("invoke", "yaml", "asyncio", "unittest", "xml.sax", "urllib.request")
+"""Modules the executor process must not load: each costs start-up time and memory on every
+task's critical path, and none is used (paramiko pulls invoke, yaml, asyncio and unittest.mock in
+for ssh_config `Match exec`; xml.sax.saxutils pulls urllib.request, http.client's email parser)."""
+
+
+def test_the_executor_process_loads_none_of_the_heavy_unused_modules() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import sys, vm_isolation.cli.executor; "
+             f"print(' '.join(m for m in {NOT_IN_THE_EXECUTOR!r} if sys.modules.get(m) is not None))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True,
+                          cwd=PACKAGE.parent)
+    assert done.stdout.split() == []
