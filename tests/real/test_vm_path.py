@@ -12,7 +12,7 @@ import pytest
 
 from tests.real.conftest import Leftovers
 from vm_isolation.config import Settings
-from vm_isolation.errors import AddressTimeout
+from vm_isolation.errors import AddressTimeout, TransferError
 from vm_isolation.guest import GuestFactory, GuestRequest
 from vm_isolation.guestrun import run_launcher
 from vm_isolation.hypervisor import LibvirtHypervisor
@@ -44,6 +44,10 @@ def test_a_launcher_runs_in_a_fresh_guest_and_everything_is_removed(
         status = run_launcher(guest, spec, on_started=started.append, on_stdout=out.append,
                               on_stderr=lambda b: None)
         assert set(guest.timings) == {"overlay", "define", "start", "lease", "ssh", "ssh.console", "ssh.connect"}
+        # Where the launcher cannot be written, that is what the error says (not "exited with 121").
+        assert guest.remote.run("mount -t tmpfs -o ro,size=64k vmiso-ro /tmp") == 0
+        with pytest.raises(TransferError, match=f"could not write the launcher to /tmp/vmiso-launch-.* in {req.name}"):
+            run_launcher(guest, spec, on_started=started.append, on_stdout=out.append, on_stderr=lambda b: None)
     assert status.code == 7
     assert b"".join(out).decode() == f"{req.name}\n/bin/sh\n"
     assert len(started) == 1 and started[0] > 1

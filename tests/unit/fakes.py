@@ -109,6 +109,9 @@ def fake_key_factory(directory: Path) -> FakeKey:
     return FakeKey(directory)
 
 
+LAUNCH = r"umask 077; cat > /tmp/vmiso-launch-(\w+)\.sh \|\| exit 121; exec /bin/sh /tmp/vmiso-launch-\1\.sh"
+"""The command that writes and runs a task's launcher (guestrun.launch_command); group 1: its nonce."""
+
 Handler = Callable[["FakeRemote", str, Callable[[bytes], None], Callable[[bytes], None]], int]
 
 
@@ -130,6 +133,8 @@ class FakeRemote:
     closed: bool = False
     files: dict[str, bytes] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
+    stdins: dict[str, bytes] = field(default_factory=dict)
+    """What each command was given on stdin (the launch command: the launcher script)."""
     handler: Callable[[FakeRemote, str, Callable[[bytes], None], Callable[[bytes], None]], int] = (
         lambda r, c, o, e: _unprepared(c))
 
@@ -146,6 +151,8 @@ class FakeRemote:
             on_stderr: Optional[Callable[[bytes], None]] = None, stdin: Optional[bytes] = None,
             timeout_s: Optional[float] = None) -> int:
         self.commands.append(command)
+        if stdin is not None:
+            self.stdins[command] = stdin
         return self.handler(self, command, on_stdout or (lambda b: None), on_stderr or (lambda b: None))
 
     def run_capture(self, command: str, *, timeout_s: Optional[float] = None) -> tuple[int, bytes, bytes]:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import pytest
 
-from tests.unit.fakes import FakeDisks, FakeFirewall, FakeHypervisor, FakeRemote, fake_key_factory
+from tests.unit.fakes import LAUNCH, FakeDisks, FakeFirewall, FakeHypervisor, FakeRemote, fake_key_factory
 from vm_isolation.config import ExecutorSettings, MesosEnvironment, Settings, VmSettings
 from vm_isolation.executor import Executor
 from vm_isolation.guest import GuestFactory
@@ -67,7 +67,7 @@ class Guests:
 
     def _run(self, remote: FakeRemote, command: str, out: Callable[[bytes], None],
              err: Callable[[bytes], None]) -> int:
-        launched = re.fullmatch(r"/bin/sh (/tmp/vmiso-launch-(\w+)\.sh)", command)
+        launched = re.fullmatch(LAUNCH, command)
         if command.startswith("kill "):
             self.kills.append(command)
             self.release.set()  # the signalled task ends
@@ -78,8 +78,8 @@ class Guests:
             return 0  # the sandbox upload
         if launched is None:
             raise AssertionError(f"unexpected command in the guest: {command!r}")
-        script = remote.files[launched.group(1)].decode()
-        err(f"VMISO-STARTED {launched.group(2)} 100\n".encode())
+        script = remote.stdins[command].decode()
+        err(f"VMISO-STARTED {launched.group(1)} 100\n".encode())
         if "sleep" in script:
             self.release.wait(WAIT_S)
         out(b"ran\n")

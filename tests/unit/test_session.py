@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.unit.fakes import FakeClock, FakeDisks, FakeFirewall, FakeHypervisor, FakeRemote, fake_key_factory
+from tests.unit.fakes import LAUNCH, FakeClock, FakeDisks, FakeFirewall, FakeHypervisor, FakeRemote, fake_key_factory
 from vm_isolation.config import Settings, VmSettings
 from vm_isolation.domainxml import Owner
 from vm_isolation.guest import Guest, GuestFactory, GuestRequest
@@ -58,7 +58,7 @@ class ScriptedGuest:
                 self.release.set()
                 assert self.session is not None and self.session.run_ended.wait(WAIT_S)
             return 0
-        launched = re.fullmatch(r"/bin/sh /tmp/vmiso-launch-(\w+)\.sh", command)
+        launched = re.fullmatch(LAUNCH, command)
         if launched:
             err(f"VMISO-STARTED {launched.group(1)} 100\n".encode())
             assert self.release.wait(WAIT_S)
