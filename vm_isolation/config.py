@@ -162,8 +162,9 @@ class ExecutorSettings:
 @dataclass(frozen=True)
 class NetworkSettings:
     isolation: str = "on"
-    """on: every guest gets an isolated bridge port and the clean-traffic filter, and guests are
-    booted only while the host's nftables table is in place; off: none of it (see SECURITY.md)."""
+    """on: every guest gets an isolated bridge port on a tap the address guard confines to its
+    MAC and leased address, and guests are booted only while the host's nftables tables are in
+    place and the guard (vm-isolation-guard) runs; off: none of it (see SECURITY.md)."""
     egress: str = "nat"
     """Where guests may send traffic beyond the bridge: nat (anywhere the host can reach, except
     link-local/metadata addresses), none (nowhere), allow-list (only ``allow``)."""

@@ -28,6 +28,7 @@ OWNER_PREFIX = "vmiso"
 # With `from __future__ import annotations` dataclass field types are the annotation strings.
 _FROM_TEXT = {"int": int, "float": float}
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_TAP = re.compile(r"[A-Za-z0-9_-]{1,15}")
 
 
 @dataclass(frozen=True)
@@ -52,20 +53,14 @@ class Owner:
 
 
 @dataclass(frozen=True)
-class TrafficFilter:
-    """A libvirt nwfilter applied to the guest's interface (``<filterref>``) and its parameters."""
-
-    name: str
-    parameters: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
 class InterfacePolicy:
     """How the guest's interface is confined on its network; the default confines nothing."""
 
     isolated_port: bool = False
     """``<port isolated='yes'/>``: the bridge forwards nothing between two isolated ports."""
-    traffic_filter: Optional[TrafficFilter] = None
+    tap: str = ""
+    """The tap device's name (``<target dev>``), when it must be ours: the address guard's
+    rules match our guests' taps by name (hostfirewall.tap_for); empty: libvirt's vnetN."""
 
 
 @dataclass(frozen=True)
@@ -167,10 +162,10 @@ def _devices(spec: DomainSpec) -> ET.Element:
     ET.SubElement(iface, "source", network=spec.network)
     ET.SubElement(iface, "mac", address=spec.mac)
     ET.SubElement(iface, "model", type="virtio")
-    if spec.interface.traffic_filter is not None:
-        ref = ET.SubElement(iface, "filterref", filter=spec.interface.traffic_filter.name)
-        for name, value in spec.interface.traffic_filter.parameters:
-            ET.SubElement(ref, "parameter", name=name, value=value)
+    if spec.interface.tap:
+        if not _TAP.fullmatch(spec.interface.tap):
+            raise InvalidTask(f"{spec.interface.tap!r} is not a tap device name")
+        ET.SubElement(iface, "target", dev=spec.interface.tap)
     if spec.interface.isolated_port:
         ET.SubElement(iface, "port", isolated="yes")
     serial = ET.SubElement(devices, "serial", type="file")
@@ -211,11 +206,7 @@ def _check_xml_safe(spec: DomainSpec) -> None:
                 f"{field.name} contains control characters (such as NUL) that cannot be "
                 f"recorded: use printable characters"
             )
-    policy_values = [v for pair in (spec.interface.traffic_filter.parameters if spec.interface.traffic_filter
-                                    else ()) for v in pair]
-    if spec.interface.traffic_filter is not None:
-        policy_values.append(spec.interface.traffic_filter.name)
-    for value in (spec.name, spec.cmdline, spec.network, spec.mac, *policy_values):
+    for value in (spec.name, spec.cmdline, spec.network, spec.mac):
         if _XML_INVALID.search(value):
             raise InvalidTask("a domain value contains control characters")
 

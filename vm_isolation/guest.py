@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Optional, Protocol, TypeVar
 
 from .config import GuestKernel, ImageProfile, Settings
 from .console import console_tail, error_on_console, host_key_from_console, ready_on_console
-from .domainxml import DomainSpec, InterfacePolicy, Owner, TrafficFilter
+from .domainxml import DomainSpec, InterfacePolicy, Owner
 from .errors import AddressTimeout, FirewallError, GuestDied, GuestError, SshUnavailable, VmIsolationError
 from .hosttypes import (
     AddressBook,
@@ -40,7 +40,7 @@ from .hosttypes import (
     NetworkInfo,
     RemoteSession,
 )
-from .ids import DomainName, random_mac
+from .ids import DomainName, random_mac, tap_for
 from .imagekinds import BootPlan, ImageKind, KindContext, kind_for
 from .journal import NO_JOURNAL, ResourceJournal
 from .launch_script import GUEST_RUN_DIR
@@ -437,15 +437,11 @@ class _Boot:
 
     def _interface_policy(self) -> InterfacePolicy:
         """With ``[network] isolation = on``: an isolated bridge port (no frame between two
-        guests) and libvirt's ``clean-traffic`` filter (only the guest's own MAC, and the IP its
-        DHCP lease gave it, learnt from the lease dnsmasq on the host's address hands out)."""
+        guests) on a tap named for the guest's MAC, which the address guard's rules confine to
+        that MAC and the address of its DHCP lease (hostfirewall.guard_ruleset)."""
         if not self.l.settings.network.enforced:
             return InterfacePolicy()
-        parameters = [("CTRL_IP_LEARNING", "dhcp")]
-        if self.net_info.address:
-            parameters.append(("DHCPSERVER", self.net_info.address))
-        return InterfacePolicy(isolated_port=True,
-                               traffic_filter=TrafficFilter("clean-traffic", tuple(parameters)))
+        return InterfacePolicy(isolated_port=True, tap=tap_for(self.mac))
 
     def _lease_keys_before_start(self) -> frozenset[tuple[str, float]]:
         return frozenset(lease.key for lease in self.l.leases.all_for(self.network, self.mac))

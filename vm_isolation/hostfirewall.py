@@ -44,7 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from .addressguard import guard_running
 from .errors import FirewallError
+from .ids import TAP_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +283,13 @@ class NftFirewall:
         self.table = _table(table)
 
     def problems(self, bridge: str) -> list[str]:
-        return problems(bridge, table=self.table)
+        found = problems(bridge, table=self.table)
+        if not guard_running():
+            found.append("the address guard (vm-isolation-guard) is not running, so guests would get a lease "
+                         "and no traffic past it")
+        elif os.geteuid() == 0:
+            found += guard_problems()
+        return found
 
     def open_port(self, ip: str, port: int) -> None:
         open_port(ip, port, self.table)
@@ -291,6 +299,151 @@ class NftFirewall:
 
     def opened_ports(self) -> set[tuple[str, int]]:
         return opened_ports(self.table)
+
+
+# --- the guests' address guard (bridge family) ----------------------------------------------
+
+GUARD_TABLE = "vmiso_guard"
+GUARD_FAMILY = "bridge"
+GUARD_CHAINS = ("prerouting", "guest", "guest_arp", "guest_ip")
+PORTS, PORT_MACS, LEASES = "ports", "port_macs", "leases"
+
+
+def guard_ruleset() -> str:
+    """The ``nft -f`` script that (re)installs ``table bridge vmiso_guard``, which confines every
+    frame that comes in from one of our guests' taps (``iifname vmiso*``, whatever the bridge):
+
+    * the port is bound to the MAC of its first frame (sets ``ports`` and ``port_macs``, learnt
+      in the data path: the first frame of a tap is sent by the guest's own init, before any
+      task runs, and a learnt binding is never replaced): a frame with another source MAC is
+      dropped, and so is ARP whose sender MAC is not the port's;
+    * IPv4 and ARP must come from the address the guest's DHCP lease gave its MAC (set
+      ``leases``, kept equal to the lease files by :mod:`addressguard`); before a lease, only DHCP
+      from 0.0.0.0 to the broadcast address, and ARP probes (sender 0.0.0.0);
+    * anything else (IPv6, VLAN tags, other ethertypes) is dropped.
+
+    Re-installing replaces the rules in one transaction and keeps the sets' elements. Together
+    with the isolated bridge port (no frame between two guests) this is what libvirt's
+    clean-traffic filter did, without its per-guest instantiation (~0.4 s per start, ~0.7 s
+    per teardown, serialised across guests) and its address learning (0.5-1 s)."""
+    t = f"{GUARD_FAMILY} {GUARD_TABLE}"
+    lines = [
+        f"add table {t}",
+        f"add set {t} {PORTS} {{ typeof iifname; flags dynamic; size 65535; }}",
+        f"add set {t} {PORT_MACS} {{ typeof iifname . ether saddr; flags dynamic; size 65535; }}",
+        f"add set {t} {LEASES} {{ typeof ether saddr . ip saddr; size 65535; }}",
+        f"add chain {t} prerouting {{ type filter hook prerouting priority -200; policy accept; }}",
+        *(f"add chain {t} {chain}" for chain in GUARD_CHAINS[1:]),
+        *(f"flush chain {t} {chain}" for chain in GUARD_CHAINS),
+        f'add rule {t} prerouting iifname "{TAP_PREFIX}*" jump guest',
+        f"add rule {t} guest iifname != @{PORTS} add @{PORTS} {{ iifname }} "
+        f"add @{PORT_MACS} {{ iifname . ether saddr }}",
+        f"add rule {t} guest iifname . ether saddr != @{PORT_MACS} counter drop",
+        f"add rule {t} guest ether type arp jump guest_arp",
+        f"add rule {t} guest ether type ip jump guest_ip",
+        f"add rule {t} guest counter drop",
+        f"add rule {t} guest_arp iifname . arp saddr ether != @{PORT_MACS} counter drop",
+        f"add rule {t} guest_arp arp saddr ip 0.0.0.0 accept",
+        f"add rule {t} guest_arp ether saddr . arp saddr ip @{LEASES} accept",
+        f"add rule {t} guest_arp counter drop",
+        f"add rule {t} guest_ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept",
+        f"add rule {t} guest_ip ether saddr . ip saddr @{LEASES} accept",
+        f"add rule {t} guest_ip counter drop",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def install_guard() -> None:
+    """Install or update the guard table (one transaction; its sets' elements are kept)."""
+    _nft(["-f", "-"], stdin=guard_ruleset())
+    log.info("nftables table %s %s: frames from guest taps (%s*) must carry the port's MAC and the "
+             "address of its lease", GUARD_FAMILY, GUARD_TABLE, TAP_PREFIX)
+
+
+def guard_problems() -> list[str]:
+    """Why the guard table is not in place ([] if it is; needs root)."""
+    result = _nft(["-j", "list", "table", GUARD_FAMILY, GUARD_TABLE], missing_ok=True)
+    if result is None:
+        return [f"the nftables table {GUARD_FAMILY} {GUARD_TABLE} is not installed"]
+    chains = {item["chain"]["name"] for item in _items(result) if "chain" in item}
+    missing = [c for c in GUARD_CHAINS if c not in chains]
+    if not missing:
+        return []
+    return [f"the nftables table {GUARD_FAMILY} {GUARD_TABLE} lacks the chain(s) {', '.join(missing)}"]
+
+
+def _guard_elements(name: str) -> list[list[str]]:
+    result = _nft(["-j", "list", "set", GUARD_FAMILY, GUARD_TABLE, name], missing_ok=True)
+    found: list[list[str]] = []
+    for item in _items(result or ""):
+        for elem in item.get("set", {}).get("elem", []):
+            if isinstance(elem, dict) and "elem" in elem:  # an element with a timeout or counter
+                elem = elem["elem"].get("val", elem)
+            parts = elem.get("concat") if isinstance(elem, dict) else [elem]
+            if isinstance(parts, list):
+                found.append([str(p) for p in parts])
+    return found
+
+
+def guard_leases() -> set[tuple[str, str]]:
+    """The ``(mac, ip)`` pairs the guard now lets through (empty if the table is absent)."""
+    return {(mac.lower(), ip) for mac, ip in (e for e in _guard_elements(LEASES) if len(e) == 2)}
+
+
+def guard_ports() -> dict[str, str]:
+    """Tap -> the MAC it is bound to."""
+    return {tap: mac.lower() for tap, mac in (e for e in _guard_elements(PORT_MACS) if len(e) == 2)}
+
+
+def _lease_element(mac: str, ip: str) -> str:
+    mac = mac.lower()
+    if not re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", mac):
+        raise ValueError(f"{mac!r} is not a MAC address")
+    return f"{mac} . {ipaddress.IPv4Address(ip)}"
+
+
+def update_guard_leases(add: set[tuple[str, str]], remove: set[tuple[str, str]]) -> None:
+    """Let ``add`` through and stop ``remove``, in one transaction."""
+    lines = [f"delete element {GUARD_FAMILY} {GUARD_TABLE} {LEASES} {{ {_lease_element(m, i)} }}"
+             for m, i in sorted(remove)]
+    lines += [f"add element {GUARD_FAMILY} {GUARD_TABLE} {LEASES} {{ {_lease_element(m, i)} }}"
+              for m, i in sorted(add)]
+    if lines:
+        _nft(["-f", "-"], stdin="\n".join(lines) + "\n")
+
+
+def forget_ports(taps: set[str]) -> None:
+    """Drop the learnt bindings of taps that are gone (the next guest on that name learns anew)."""
+    ports = guard_ports()
+    lines = []
+    for tap in sorted(taps):
+        tap = _ifname(tap)
+        lines.append(f'delete element {GUARD_FAMILY} {GUARD_TABLE} {PORTS} {{ "{tap}" }}')
+        if tap in ports:
+            lines.append(f'delete element {GUARD_FAMILY} {GUARD_TABLE} {PORT_MACS} {{ "{tap}" . {ports[tap]} }}')
+    if lines:
+        _nft(["-f", "-"], stdin="\n".join(lines) + "\n")
+
+
+def guard_taps() -> set[str]:
+    """The taps the guard has learnt a binding for."""
+    return {e[0] for e in _guard_elements(PORTS) if e}
+
+
+class NftGuardTable:
+    """The guard table's sets as :class:`addressguard.GuardTable`."""
+
+    def leases(self) -> set[tuple[str, str]]:
+        return guard_leases()
+
+    def update(self, add: set[tuple[str, str]], remove: set[tuple[str, str]]) -> None:
+        update_guard_leases(add, remove)
+
+    def taps(self) -> set[str]:
+        return guard_taps()
+
+    def forget(self, taps: set[str]) -> None:
+        forget_ports(taps)
 
 
 # --- running nft -------------------------------------------------------------------------------

@@ -22,3 +22,8 @@ def bridge_ipv4(bridge: str) -> str:
         if entry.get("addr"):
             return str(entry["addr"])
     raise NetworkUnavailable(f"interface {bridge!r} has no IPv4 address")
+
+
+def interface_names() -> set[str]:
+    """The host's network devices now (taps of running guests included)."""
+    return set(netifaces.interfaces())

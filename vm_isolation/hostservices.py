@@ -1,5 +1,6 @@
-"""The host's own services: the reaper watcher (``vm-isolation-reap --watch``) and, only when
-``[pool] size`` is above 0, the warm pool (``vm-isolation-pool serve``).
+"""The host's own services: the reaper watcher (``vm-isolation-reap --watch``), the address
+guard (``vm-isolation-guard``, with ``[network] isolation = on``) and, only when ``[pool] size``
+is above 0, the warm pool (``vm-isolation-pool serve``).
 
 With systemd as PID 1 the unit ``conf/systemd/vm-isolation-reaper.service`` is installed (its
 ``@BINDIR@`` set to this virtualenv's ``bin/``), enabled and started. Without it (containers,
@@ -17,16 +18,19 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
+from .addressguard import GUARD_LOCK, guard_running
 from .config import Settings
 from .pool import pool_running
-from .reaperwatch import reaper_watch_running, watcher_record
+from .reaperwatch import reaper_watch_running, watcher_record, watcher_record_at
 from .waiting import Deadline, poll_until
 
 log = logging.getLogger(__name__)
 
 UNIT_NAME = "vm-isolation-reaper.service"
 POOL_UNIT_NAME = "vm-isolation-pool.service"
+GUARD_UNIT_NAME = "vm-isolation-guard.service"
 
 
 def unit_templates(unit: str) -> tuple[Path, Path]:
@@ -79,32 +83,52 @@ def ensure_reaper_watch(settings: Settings) -> None:
     if Path("/run/systemd/system").is_dir():
         _install_unit(exe.parent)
         return
-    if reaper_watch_running(settings):
-        running = watcher_record(settings)
-        if running.get("exe") == str(exe.resolve()):
-            log.info("reaper watcher: running (pid %s)", running.get("pid"))
+    _ensure_detached("reaper watcher", [str(exe), "--watch"], lambda: reaper_watch_running(settings),
+                     lambda: watcher_record(settings), settings.vm.console_dir / "reaper.log")
+
+
+def ensure_guard(settings: Settings) -> None:
+    """With ``[network] isolation = on``, make sure the address guard runs (guests get no IPv4
+    past their lease without it); raises WaitTimeout if it does not come up."""
+    if not settings.network.enforced:
+        return
+    exe = Path(sys.executable).parent / "vm-isolation-guard"
+    if Path("/run/systemd/system").is_dir():
+        _install_unit(exe.parent, GUARD_UNIT_NAME)
+        return
+    _ensure_detached("address guard", [str(exe)], guard_running, lambda: watcher_record_at(GUARD_LOCK),
+                     settings.vm.console_dir / "guard.log")
+
+
+def _ensure_detached(what: str, argv: list[str], running: Callable[[], bool],
+                     record: Callable[[], dict[str, object]], log_path: Path) -> None:
+    """Without systemd: start ``argv`` detached unless this installation's copy runs already (one
+    of another installation, another ``exe``, is stopped and replaced)."""
+    if running():
+        current = record()
+        if current.get("exe") == str(Path(argv[0]).resolve()):
+            log.info("%s: running (pid %s)", what, current.get("pid"))
             return
-        _stop_other(settings, running)
-    log_path = settings.vm.console_dir / "reaper.log"
+        _stop_other(what, current, running)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
-        subprocess.Popen([str(exe), "--watch"], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                         start_new_session=True, close_fds=True)
-    poll_until(lambda: True if reaper_watch_running(settings) else None, Deadline.after(START_TIMEOUT_S),
-               interval_s=0.1, what=f"vm-isolation-reap --watch to start (see {log_path})")
-    log.info("reaper watcher: started (pid %s), logging to %s", watcher_record(settings).get("pid"), log_path)
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                         close_fds=True)
+    poll_until(lambda: True if running() else None, Deadline.after(START_TIMEOUT_S),
+               interval_s=0.1, what=f"{' '.join(Path(a).name for a in argv[:2])} to start (see {log_path})")
+    log.info("%s: started (pid %s), logging to %s", what, record().get("pid"), log_path)
 
 
-def _stop_other(settings: Settings, running: dict[str, object]) -> None:
-    pid = running.get("pid")
-    log.info("reaper watcher: replacing the one of another installation (%s, pid %s)", running.get("exe"), pid)
+def _stop_other(what: str, running_record: dict[str, object], running: Callable[[], bool]) -> None:
+    pid = running_record.get("pid")
+    log.info("%s: replacing the one of another installation (%s, pid %s)", what, running_record.get("exe"), pid)
     if isinstance(pid, int) and pid > 0:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-    poll_until(lambda: True if not reaper_watch_running(settings) else None, Deadline.after(START_TIMEOUT_S),
-               interval_s=0.1, what=f"the old watcher (pid {pid}) to stop")
+    poll_until(lambda: True if not running() else None, Deadline.after(START_TIMEOUT_S),
+               interval_s=0.1, what=f"the old {what} (pid {pid}) to stop")
 
 
 def _install_unit(bindir: Path, unit: str = UNIT_NAME) -> None:

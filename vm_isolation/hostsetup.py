@@ -30,7 +30,7 @@ from . import hostfirewall
 from .accel import resolve_domain_type
 from .config import Settings, load_settings
 from .errors import FirewallError, NotFound, VmIsolationError
-from .hostservices import ensure_pool, ensure_reaper_watch
+from .hostservices import ensure_guard, ensure_pool, ensure_reaper_watch
 from .waiting import WaitTimeout
 
 if TYPE_CHECKING:  # the adapter is built by wiring, in main(): tuned_network_xml stays libvirt-free
@@ -111,6 +111,7 @@ def ensure_firewall(hv: LibvirtHypervisor, settings: Settings) -> None:
     hostfirewall.install(hostfirewall.FirewallPolicy(
         bridge=info.bridge, address=info.address, egress=settings.network.egress, allow=settings.network.allow,
         table=hostfirewall.table_for(info.name)))
+    hostfirewall.install_guard()
 
 
 def check_images(settings: Settings) -> list[str]:
@@ -140,6 +141,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                  resolve_domain_type(settings.libvirt.domain_type), settings.libvirt.domain_type)
         problems = check_images(settings)
         ensure_reaper_watch(settings)
+        ensure_guard(settings)
         ensure_pool(settings)
     except (VmIsolationError, WaitTimeout) as exc:
         log.error("%s", exc)

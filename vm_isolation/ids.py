@@ -48,3 +48,17 @@ def random_mac() -> str:
     """
     tail = secrets.token_bytes(3)
     return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
+
+
+TAP_PREFIX = "vmiso"
+"""Our guests' tap devices are ``vmiso`` + the last three bytes of the MAC (:func:`tap_for`)."""
+_OUR_MAC = re.compile(r"52:54:00(:[0-9a-f]{2}){3}")
+
+
+def tap_for(mac: str) -> str:
+    """The tap device of the guest with ``mac`` (one of ours, from :func:`random_mac`): 11
+    characters, unique while the MACs are (a MAC's tap is always the same name)."""
+    mac = mac.lower()
+    if not _OUR_MAC.fullmatch(mac):
+        raise ValueError(f"{mac!r} is not one of our MACs (52:54:00:xx:xx:xx)")
+    return TAP_PREFIX + mac[9:].replace(":", "")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -121,3 +122,50 @@ class Leases:
 def _from_raw(raw: RawLease, source: str) -> Lease:
     return Lease(mac=raw.mac, ip=raw.ip, hostname=raw.hostname, expiry_time=raw.expiry_time,
                  client_id=raw.client_id, source=source)
+
+
+def status_files_state(status_dir: Path = STATUS_DIR) -> tuple[tuple[str, int, int, int], ...]:
+    """What changes whenever libvirt's lease helper rewrites a status file: name, inode, size and
+    mtime of every ``*.status`` in ``status_dir`` (a cheap test, for polling)."""
+    state = []
+    try:
+        paths = sorted(status_dir.glob("*.status"))
+    except OSError:
+        return ()
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        state.append((path.name, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(state)
+
+
+def status_file_addresses(status_dir: Path = STATUS_DIR) -> Optional[set[tuple[str, str]]]:
+    """Every ``(mac, ipv4)`` pair of every network's status file; None if one could not be read
+    or parsed (the caller keeps what it had rather than cutting guests off on a torn read)."""
+    pairs: set[tuple[str, str]] = set()
+    try:
+        paths = sorted(status_dir.glob("*.status"))
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+            entries = json.loads(text) if text else []
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            log.warning("lease status file %s unreadable: %s", path, exc)
+            return None
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict):
+                continue
+            mac, ip = str(entry.get("mac-address", "")).lower(), str(entry.get("ip-address", ""))
+            if _MAC.fullmatch(mac) and _IPV4.fullmatch(ip):
+                pairs.add((mac, ip))
+    return pairs
+
+
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_IPV4 = re.compile(r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}")

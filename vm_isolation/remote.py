@@ -64,9 +64,9 @@ an attempt started just before the deadline still gets a fair chance (TCG crypto
 SYN_ANSWER_S = 0.1
 """How long one TCP connection attempt waits for the guest's SYN-ACK before a fresh SYN is sent
 (for the first SYN_FAST_TRIES tries; then the attempt's own timeout). Right after the guest's
-DHCP lease, libvirt's clean-traffic filter still drops the guest's replies until it has learnt
-the leased address (it runs ebtables/iptables to install the rules: 0.5-2 s on a busy host);
-the kernel would resend the SYN only after its 1 s initial RTO (then 3 s), so each boot
+DHCP lease, the address guard may not yet let the leased address through (it follows the lease
+files every 20 ms; libvirt's clean-traffic filter, used before it, took 0.5-2 s); the kernel
+would resend the SYN only after its 1 s initial RTO (then 3 s), so each boot
 waited for that retransmit. A guest that can answer does so within 10-30 ms here."""
 SYN_FAST_TRIES = 30
 AUTH_ATTEMPTS = 3

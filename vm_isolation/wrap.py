@@ -272,7 +272,7 @@ class Wrapper:
             f"pass --tunnel to vm-isolation-executor")
 
     def _open_agent_port(self, guest: Guest, port: int, undo: ExitStack) -> None:
-        """Let this guest (its leased IP, which clean-traffic keeps it from changing) reach the
+        """Let this guest (its leased IP, which the address guard keeps it from changing) reach the
         agent's port on the host's bridge address; journaled first, so a reaper closes it if we
         die, and closed before the guest is torn down."""
         if not self.settings.network.enforced:

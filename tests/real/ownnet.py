@@ -17,7 +17,6 @@ import random
 import secrets
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -217,19 +216,17 @@ def interfaces(uri: str, domain: str) -> dict[str, str]:
     return found
 
 
-def nwfilter_bindings(uri: str) -> dict[str, str]:
-    """Domain -> port device of every libvirt nwfilter binding on the host (with its filter,
-    ``vnet3 clean-traffic``). Keyed by domain: device names are reused by later guests."""
-    found = {}
-    for line in sh("virsh", "-c", uri, "nwfilter-binding-list").splitlines()[2:]:
-        fields = line.split()
-        if len(fields) != 2:
-            continue
-        xml = sh("virsh", "-c", uri, "nwfilter-binding-dumpxml", fields[0], check=False)
-        owner = ET.fromstring(xml).findtext("owner/name") if xml.strip() else None
-        if owner:
-            found[owner] = f"{fields[0]} {fields[1]}"
-    return found
+def guard_binds(dev: str, ip: str) -> bool:
+    """Whether the address guard has bound tap ``dev`` to a MAC and lets ``ip`` through from that
+    MAC (hostfirewall.guard_ruleset: the port's MAC learnt, the lease's address bound)."""
+    mac = hostfirewall.guard_ports().get(dev)
+    return mac is not None and (mac, ip) in hostfirewall.guard_leases()
+
+
+def guard_forgot(dev: str, ip: str) -> bool:
+    """Whether nothing of the guard is left for tap ``dev`` or address ``ip`` (the address goes
+    with the lease at teardown, the port binding at the guard's next full pass, <= 2 s)."""
+    return dev not in hostfirewall.guard_ports() and all(i != ip for _m, i in hostfirewall.guard_leases())
 
 
 def table_elements(table: str) -> list[Any]:

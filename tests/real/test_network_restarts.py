@@ -7,7 +7,7 @@ network restart only touches the test's own network.
 
 After each restart, with no re-installation of anything:
 * the network's table is in place, unchanged, and still filters the bridge;
-* every guest port on the bridge is still isolated and has its clean-traffic binding;
+* every guest port on the bridge is still isolated and bound by the address guard (its MAC, its lease's address);
 * B cannot reach A's service, nor a host listener; the host still reaches A (control) and B
   still reaches DNS on the bridge (control);
 * B's ARP request from A's IP gets no answer; from its own IP it does (control).
@@ -27,8 +27,8 @@ from tests.real.ownnet import (
     PY_SERVE,
     OwnNetwork,
     bridge_port,
+    guard_binds,
     interfaces,
-    nwfilter_bindings,
     own_network,
     run,
     table_rules,
@@ -77,10 +77,10 @@ class Pair:
     def assert_isolated(self, listener: int) -> None:
         net, a, b = self.net, self.a, self.b
         assert hostfirewall.problems(net.bridge, table=net.table) == []
-        bindings = nwfilter_bindings(net.settings.libvirt.uri)
+        ips = {g.name: g.ip for g in (a, b)}
         for name, dev in self.devices().items():
             assert bridge_port(dev) == (net.bridge, True), f"{name}'s port {dev}"
-            assert bindings.get(name) == f"{dev} clean-traffic"
+            assert guard_binds(dev, ips[name]), f"{name}'s port {dev} is not bound by the address guard"
         assert host_fetch(a.ip) == "hello"
         assert not tcp_reaches(b, a.ip, 7000)
         assert tcp_reaches(b, net.address, 53)

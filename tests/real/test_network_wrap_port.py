@@ -5,8 +5,8 @@
 * the inner executor subscribes through the opening (control), another guest on the same
   network cannot connect to that port;
 * after the wrapper's teardown, and after the reaper has cleaned up behind a SIGKILLed wrapper,
-  no per-guest state is left: no element in the network's table, its rules as before, no
-  libvirt nwfilter binding for the guest's port.
+  no per-guest state is left: no element in the network's table, its rules as before, nothing
+  of the guest's port or address in the address guard's table.
 
 The wrapper's owner files live in a directory of the test: the host's reaper watcher counts
 such owners as alive and leaves the SIGKILLed wrapper's guest to this test's reap.
@@ -26,8 +26,9 @@ import pytest
 
 from tests.real.ownnet import (
     OwnNetwork,
+    guard_binds,
+    guard_forgot,
     interfaces,
-    nwfilter_bindings,
     own_network,
     table_elements,
     table_rules,
@@ -106,20 +107,22 @@ def test_only_the_wrapped_guest_reaches_the_agent_port_and_teardown_leaves_no_ru
     """While the wrapped executor's task runs (it subscribed from its guest through the opening:
     the control), the table holds exactly one opening, for that guest and the agent's port, and
     guest B cannot connect to the port. After SHUTDOWN the wrapper exits 0 and the opening, the
-    guest's nwfilter binding and the guest are gone; the table's rules are as installed."""
+    guest's address-guard bindings and the guest are gone; the table's rules are as installed."""
     leftovers = net.leftovers()
     before, rules = leftovers.snapshot(), table_rules(net.table)
     port = int(agent.endpoint.rsplit(":", 1)[1])
     executor_id, handle = launch_wrapped(agent, net, tmp_path / "owners")
     name, ip, dev = wrap_guest(net, executor_id)
     assert hostfirewall.opened_ports(net.table) == {(ip, port)}
-    assert nwfilter_bindings(net.settings.libvirt.uri).get(name) == f"{dev} clean-traffic"
+    assert guard_binds(dev, ip)
     assert not tcp_reaches(other_guest, net.address, port)
     assert tcp_reaches(other_guest, net.address, 53)  # control: B reaches what it may
     agent.shutdown_executor(executor_id)
     assert handle.wait(60) == 0
     assert table_elements(net.table) == [] and table_rules(net.table) == rules
-    assert net.hv.state(name) is None and name not in nwfilter_bindings(net.settings.libvirt.uri)
+    assert net.hv.state(name) is None
+    poll_until(lambda: True if guard_forgot(dev, ip) else None, Deadline.after(10),
+               what=f"the address guard to forget {dev} and {ip}")
     leftovers.assert_none_since(before, prefixes=[name_prefix(executor_id)])
 
 
@@ -138,13 +141,13 @@ def test_the_reaper_closes_a_killed_wrappers_opening_and_its_guest_leaves_no_bin
     os.kill(handle.pid, signal.SIGKILL)
     assert handle.wait(30) == -signal.SIGKILL
     assert net.hv.state(name) == "running" and hostfirewall.opened_ports(net.table) == {(ip, port)}
-    assert nwfilter_bindings(net.settings.libvirt.uri).get(name) == f"{dev} clean-traffic"
+    assert guard_binds(dev, ip)
     report = reap(settings, net.hv, Leases(net.hv), only_executor_id=executor_id,
                   journals=[journal_path(handle.sandbox)], ports=agent_ports(settings))
     assert report.ok, report.errors
     assert {f.kind for f in report.found} >= {Kind.DOMAIN, Kind.AGENT_PORT}
     assert net.hv.state(name) is None
     assert table_elements(net.table) == [] and table_rules(net.table) == rules
-    poll_until(lambda: True if name not in nwfilter_bindings(net.settings.libvirt.uri) else None,
-               Deadline.after(10), what=f"the nwfilter binding of {name} to go")
+    poll_until(lambda: True if guard_forgot(dev, ip) else None, Deadline.after(10),
+               what=f"the address guard to forget {dev} and {ip}")
     leftovers.assert_none_since(before, prefixes=[name_prefix(executor_id)])

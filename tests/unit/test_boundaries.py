@@ -32,7 +32,7 @@ PROGRAM_OWNERS = {
 ADAPTERS = {"hypervisor", "remote", "overlay", "leases", "hostfirewall", "hostnet", "sshkeys", "mesos",
             "hostservices", "wiring"}
 LIFECYCLE = {"guest.py", "session.py", "taskworker.py", "wrap.py", "guestrun.py", "sandbox.py", "executor.py",
-             "reaper.py", "reaperwatch.py", "checks.py", "pool.py", "warm.py", "poolwire.py"}
+             "reaper.py", "reaperwatch.py", "checks.py", "pool.py", "warm.py", "poolwire.py", "addressguard.py"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vm_isolation.domainxml import DomainSpec, InterfacePolicy, Owner, TrafficFilter, parse_owner, render
+from vm_isolation.domainxml import DomainSpec, InterfacePolicy, Owner, parse_owner, render
 from vm_isolation.errors import InvalidTask
 
 GOLDEN = Path(__file__).parent / "golden" / "domain.xml"
@@ -98,26 +98,23 @@ def test_libvirt_test_driver_accepts_the_xml_and_keeps_the_metadata() -> None:
     assert hv.state(s.name) is None
 
 
-ISOLATED = InterfacePolicy(isolated_port=True, traffic_filter=TrafficFilter(
-    "clean-traffic", (("CTRL_IP_LEARNING", "dhcp"), ("DHCPSERVER", "192.168.122.1"))))
+ISOLATED = InterfacePolicy(isolated_port=True, tap="vmisoaabbcc")
 
 
-def test_an_isolated_interface_carries_the_port_flag_and_the_filter_with_its_parameters() -> None:
-    """<port isolated='yes'/> and <filterref filter='clean-traffic'> with each parameter."""
+def test_an_isolated_interface_carries_the_port_flag_and_its_own_tap_name() -> None:
+    """<port isolated='yes'/> and <target dev='vmiso...'/> (what the address guard's rules match)."""
     iface = ET.fromstring(render(dataclasses.replace(spec(), interface=ISOLATED))).find("devices/interface")
     assert iface is not None
     assert iface.find("port").attrib == {"isolated": "yes"}  # type: ignore[union-attr]
-    ref = iface.find("filterref")
-    assert ref is not None and ref.get("filter") == "clean-traffic"
-    assert [(p.get("name"), p.get("value")) for p in ref.findall("parameter")] == [
-        ("CTRL_IP_LEARNING", "dhcp"), ("DHCPSERVER", "192.168.122.1")]
+    assert iface.find("target").attrib == {"dev": "vmisoaabbcc"}  # type: ignore[union-attr]
+    assert iface.find("filterref") is None
 
 
-def test_hostile_filter_values_are_escaped_or_refused() -> None:
-    """A filter parameter with markup stays data; one with NUL is refused."""
-    odd = InterfacePolicy(traffic_filter=TrafficFilter("f'<x>", (("A", "\"&<>'"),)))
-    ref = ET.fromstring(render(dataclasses.replace(spec(), interface=odd))).find("devices/interface/filterref")
-    assert ref is not None and ref.get("filter") == "f'<x>" and ref[0].get("value") == "\"&<>'"
-    with pytest.raises(InvalidTask):
-        render(dataclasses.replace(spec(), interface=InterfacePolicy(
-            traffic_filter=TrafficFilter("clean-traffic", (("IP", "1\0"),)))))
+@pytest.mark.parametrize("tap", ["vmiso'<x>", "a" * 16, "", "vm iso"])
+def test_a_tap_name_that_is_not_a_device_name_is_refused(tap: str) -> None:
+    if not tap:  # empty: libvirt names it
+        assert ET.fromstring(render(dataclasses.replace(spec(), interface=InterfacePolicy(tap=tap)))).find(
+            "devices/interface/target") is None
+        return
+    with pytest.raises(InvalidTask, match="not a tap device name"):
+        render(dataclasses.replace(spec(), interface=InterfacePolicy(tap=tap)))

@@ -264,15 +264,14 @@ def test_the_fast_kernel_boots_without_initramfs_and_debians_with_it(world: Worl
     world.assert_nothing_left()
 
 
-def test_guests_get_an_isolated_port_and_the_clean_traffic_filter_by_default(world: World) -> None:
-    """[network] isolation = on (the default): the interface is an isolated bridge port with
-    clean-traffic, its IP learnt from DHCP answers of the host's own address only."""
-    from vm_isolation.domainxml import InterfacePolicy, TrafficFilter
+def test_guests_get_an_isolated_port_on_a_tap_named_for_their_mac_by_default(world: World) -> None:
+    """[network] isolation = on (the default): the interface is an isolated bridge port on the
+    tap the address guard's rules confine (vmiso + the MAC's last three bytes)."""
+    from vm_isolation.domainxml import InterfacePolicy
 
     with world.launcher.boot(world.request):
-        policy = world.hv.specs[NAME].interface
-    assert policy == InterfacePolicy(isolated_port=True, traffic_filter=TrafficFilter(
-        "clean-traffic", (("CTRL_IP_LEARNING", "dhcp"), ("DHCPSERVER", "192.168.122.1"))))
+        spec = world.hv.specs[NAME]
+    assert spec.interface == InterfacePolicy(isolated_port=True, tap="vmiso" + spec.mac[9:].replace(":", ""))
 
 
 def test_isolation_off_leaves_the_interface_unconfined(tmp_path: Path) -> None:
