@@ -39,6 +39,10 @@ def upload(remote: RemoteSession, host_dir: Path, guest_dir: str) -> int:
                     files.append(path)
         elif entry.is_file():
             files.append(entry)
+    if not files and dirs == [guest_dir]:
+        # Nothing to copy: the launcher creates the directory it starts in, which is guest_dir
+        # or below it (its `mkdir -p`), so one SSH exec less before the task starts.
+        return 0
     remote.run("mkdir -p " + " ".join(shlex.quote(d) for d in dirs), timeout_s=60)
     for path in files:
         remote.put_file(path, f"{guest_dir}/{path.relative_to(host_dir)}")

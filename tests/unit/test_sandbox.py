@@ -29,3 +29,17 @@ def test_our_own_entries_go_neither_in_nor_back(tmp_path: Path) -> None:
     assert copy_back(remote, "/mnt/mesos/sandbox", tmp_path) == 1
     assert (tmp_path / "console.log").read_text() == "host console.log"
     assert (tmp_path / "result.txt").read_text() == "42"
+
+
+def test_a_sandbox_with_nothing_to_copy_costs_no_command(tmp_path: Path) -> None:
+    """Only our own entries: nothing is run in the guest (the launcher's `mkdir -p` of its
+    working directory, the sandbox or below it, creates it); a subdirectory is still made."""
+    for name in ("stdout", "stderr"):
+        (tmp_path / name).write_text("ours")
+    remote = FakeRemote("h", "k")  # refuses every command
+    assert upload(remote, tmp_path, "/mnt/mesos/sandbox") == 0
+    assert remote.commands == []
+    (tmp_path / "empty-dir").mkdir()
+    remote.handler = lambda r, command, out, err: 0
+    assert upload(remote, tmp_path, "/mnt/mesos/sandbox") == 0
+    assert remote.commands == ["mkdir -p /mnt/mesos/sandbox /mnt/mesos/sandbox/empty-dir"]
