@@ -39,9 +39,10 @@ def run(ctx: BenchContext) -> Section:
                                  str(config)], stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL)
         try:
             with LocalAgent(ctx.work_dir / "agent-warm") as agent:
+                used: set[str] = set()
                 for _ in repetitions(section, ctx.reps):
                     try:
-                        _one(ctx, agent, section, config, settings)
+                        _one(ctx, agent, section, config, settings, used)
                     except Exception as exc:  # noqa: BLE001 - a failed repetition is counted, never fatal
                         section.fail(f"warm path failed: {exc}")
         finally:
@@ -54,20 +55,26 @@ def run(ctx: BenchContext) -> Section:
     return section
 
 
-def _idle_guest(status_file: Path) -> str | None:
+def _idle_guest(status_file: Path, used: set[str]) -> str | None:
+    """An idle guest the pool's status lists, other than those already taken (the status is
+    rewritten once a second, so it may still list a guest handed over a moment ago as idle)."""
     try:
         status = json.loads(status_file.read_text())
     except (OSError, ValueError):
         return None
-    return next((g["name"] for g in status.get("guests", []) if g.get("state") == "idle"), None)
+    return next((g["name"] for g in status.get("guests", []) if g.get("state") == "idle" and g["name"] not in used),
+                None)
 
 
-def _one(ctx: BenchContext, agent: LocalAgent, section: Section, config: Path, settings: object) -> None:
+def _one(ctx: BenchContext, agent: LocalAgent, section: Section, config: Path, settings: object,
+         used: set[str]) -> None:
     status_file = pool_status_path(settings)  # type: ignore[arg-type]
-    if not wait_for(lambda: _idle_guest(status_file), ctx.deadline_s, "an idle pool guest", interval_s=0.2):
+    if not wait_for(lambda: _idle_guest(status_file, used), ctx.deadline_s, "an idle pool guest", interval_s=0.2):
         section.fail("no idle pool guest within the deadline")
         return
-    idle = _idle_guest(status_file)
+    idle = _idle_guest(status_file, used)
+    if idle:
+        used.add(idle)  # the pool holds one guest (size 1): this task takes it
     pid = qemu_pid(idle) if idle else None
     rss = rss_mib(pid) if pid else None
     if rss is not None:
