@@ -181,8 +181,18 @@ class LibvirtHypervisor:
         self._call(f"define domain {spec.name}", lambda c: c.defineXML(xml))
 
     def start(self, name: str) -> None:
+        tries = 0
+
         def start(conn: libvirt.virConnect) -> None:
-            conn.lookupByName(name).create()
+            nonlocal tries
+            tries += 1
+            domain = conn.lookupByName(name)
+            # A retry after the connection was lost mid-call: libvirtd may have started the
+            # domain before it went away; a second create() would fail "already running".
+            if tries > 1 and domain.isActive():
+                log.info("%s was started before the connection was lost", name)
+                return
+            domain.create()
 
         try:
             self._call(f"start domain {name}", start)
