@@ -124,6 +124,18 @@ def check_images(settings: Settings) -> list[str]:
     return [f"missing: {p} (build it with {tool})" for p, tool in sorted(set(paths)) if not p.exists()]
 
 
+def unconfigured_images(settings: Settings) -> list[str]:
+    """Base images in ``[images] dir`` that no ``[image:NAME]`` names: a host whose configuration
+    was written from an older example (host set-up never rewrites it) misses the images added
+    since (such as debian-cloud), and tasks naming them fail as unknown images."""
+    configured = {path.resolve() for path in settings.images.bases.values()}
+    try:
+        built = sorted(settings.images.dir.glob("*.qcow2"))
+    except OSError:
+        return []
+    return [path.stem for path in built if path.resolve() not in configured]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vm_isolation.hostsetup",
                                      description="Tune the guests' libvirt network and check images.")
@@ -146,6 +158,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (VmIsolationError, WaitTimeout) as exc:
         log.error("%s", exc)
         return 1
+    for name in unconfigured_images(settings):
+        log.warning("image %s is built (%s) but %s has no [image:%s] section: add it (see "
+                    "conf/mesos.conf.example) so tasks can use it", name, settings.images.dir / f"{name}.qcow2",
+                    settings.source or "the configuration", name)
     for problem in problems:
         log.error("%s", problem)
     return 1 if problems else 0
