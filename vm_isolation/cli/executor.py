@@ -226,10 +226,13 @@ def _check(s: Settings) -> int:
     missing = 0
     for name, path in sorted(s.images.bases.items()):
         missing += not path.exists()
+        where = f"  image {name}: {path}{'' if path.exists() else ' (MISSING)'}"
+        if s.images.profile(name).kind != "direct-kernel":  # boots its own kernel from its disk
+            print(f"{where}, kind {s.images.profile(name).kind} (its own kernel)")
+            continue
         kernel = s.images.kernel_for(name)
         missing += not kernel.path.exists()
-        print(f"  image {name}: {path}{'' if path.exists() else ' (MISSING)'}, kernel {kernel.kind} "
-              f"({kernel.path}{'' if kernel.path.exists() else ', MISSING'})")
+        print(f"{where}, kernel {kernel.kind} ({kernel.path}{'' if kernel.path.exists() else ', MISSING'})")
     return 1 if missing else 0
 
 
