@@ -265,14 +265,8 @@ def close_port(ip: str, port: int, table: str = TABLE) -> None:
 
 def opened_ports(table: str = TABLE) -> set[tuple[str, int]]:
     """The ``(guest ip, port)`` openings now in the table (empty if it is absent)."""
-    result = _nft(["-j", "list", "set", FAMILY, _table(table), AGENT_PORTS], missing_ok=True)
-    found: set[tuple[str, int]] = set()
-    for item in _items(result or ""):
-        for elem in item.get("set", {}).get("elem", []):
-            concat = elem.get("concat") if isinstance(elem, dict) else None
-            if isinstance(concat, list) and len(concat) == 2:
-                found.add((str(concat[0]), int(concat[1])))
-    return found
+    return {(ip, int(port)) for ip, port in (e for e in _set_elements(FAMILY, _table(table), AGENT_PORTS)
+                                              if len(e) == 2)}
 
 
 class NftFirewall:
@@ -373,16 +367,7 @@ def guard_problems() -> list[str]:
 
 
 def _guard_elements(name: str) -> list[list[str]]:
-    result = _nft(["-j", "list", "set", GUARD_FAMILY, GUARD_TABLE, name], missing_ok=True)
-    found: list[list[str]] = []
-    for item in _items(result or ""):
-        for elem in item.get("set", {}).get("elem", []):
-            if isinstance(elem, dict) and "elem" in elem:  # an element with a timeout or counter
-                elem = elem["elem"].get("val", elem)
-            parts = elem.get("concat") if isinstance(elem, dict) else [elem]
-            if isinstance(parts, list):
-                found.append([str(p) for p in parts])
-    return found
+    return _set_elements(GUARD_FAMILY, GUARD_TABLE, name)
 
 
 def guard_leases() -> set[tuple[str, str]]:
@@ -455,6 +440,21 @@ def _items(output: str) -> list[dict[str, Any]]:
         return []
     items = data.get("nftables", []) if isinstance(data, dict) else []
     return [item for item in items if isinstance(item, dict)]
+
+
+def _set_elements(family: str, table: str, name: str) -> list[list[str]]:
+    """The elements of set ``name`` in ``family table``, each as its parts (one part unless the
+    set's type is a concatenation); [] if the table or set is absent."""
+    result = _nft(["-j", "list", "set", family, table, name], missing_ok=True)
+    found: list[list[str]] = []
+    for item in _items(result or ""):
+        for elem in item.get("set", {}).get("elem", []):
+            if isinstance(elem, dict) and "elem" in elem:  # an element with a timeout or counter
+                elem = elem["elem"].get("val", elem)
+            parts = elem.get("concat") if isinstance(elem, dict) else [elem]
+            if isinstance(parts, list):
+                found.append([str(p) for p in parts])
+    return found
 
 
 def _nft(args: list[str], *, stdin: Optional[str] = None, missing_ok: bool = False) -> Optional[str]:
