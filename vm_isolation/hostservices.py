@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from .addressguard import GUARD_LOCK, guard_running
 from .config import Settings
@@ -64,17 +64,8 @@ def ensure_pool(settings: Settings) -> None:
     if Path("/run/systemd/system").is_dir():
         _install_unit(exe.parent, POOL_UNIT_NAME)
         return
-    if pool_running(settings):
-        log.info("warm pool: running")
-        return
-    log_path = settings.vm.console_dir / "pool.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as out:
-        subprocess.Popen([str(exe), "serve"] + ([f"--config={settings.source}"] if settings.source else []),
-                         stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True)
-    poll_until(lambda: True if pool_running(settings) else None, Deadline.after(START_TIMEOUT_S),
-               interval_s=0.1, what=f"vm-isolation-pool serve to start (see {log_path})")
-    log.info("warm pool: started, logging to %s", log_path)
+    _ensure_detached("warm pool", [str(exe), "serve"] + ([f"--config={settings.source}"] if settings.source else []),
+                     lambda: pool_running(settings), None, settings.vm.console_dir / "pool.log")
 
 
 def ensure_reaper_watch(settings: Settings) -> None:
@@ -101,13 +92,14 @@ def ensure_guard(settings: Settings) -> None:
 
 
 def _ensure_detached(what: str, argv: list[str], running: Callable[[], bool],
-                     record: Callable[[], dict[str, object]], log_path: Path) -> None:
+                     record: Optional[Callable[[], dict[str, object]]], log_path: Path) -> None:
     """Without systemd: start ``argv`` detached unless this installation's copy runs already (one
-    of another installation, another ``exe``, is stopped and replaced)."""
+    of another installation, another ``exe`` in its ``record``, is stopped and replaced; with no
+    ``record``, any running copy is kept)."""
     if running():
-        current = record()
-        if current.get("exe") == str(Path(argv[0]).resolve()):
-            log.info("%s: running (pid %s)", what, current.get("pid"))
+        current = record() if record is not None else {}
+        if record is None or current.get("exe") == str(Path(argv[0]).resolve()):
+            log.info("%s: running%s", what, f" (pid {current['pid']})" if "pid" in current else "")
             return
         _stop_other(what, current, running)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +108,8 @@ def _ensure_detached(what: str, argv: list[str], running: Callable[[], bool],
                          close_fds=True)
     poll_until(lambda: True if running() else None, Deadline.after(START_TIMEOUT_S),
                interval_s=0.1, what=f"{' '.join(Path(a).name for a in argv[:2])} to start (see {log_path})")
-    log.info("%s: started (pid %s), logging to %s", what, record().get("pid"), log_path)
+    pid = record().get("pid") if record is not None else None
+    log.info("%s: started%s, logging to %s", what, f" (pid {pid})" if pid else "", log_path)
 
 
 def _stop_other(what: str, running_record: dict[str, object], running: Callable[[], bool]) -> None:
