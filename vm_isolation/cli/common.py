@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
+import threading
+import time
+from pathlib import Path
 from typing import Optional, Union
 
 
@@ -34,3 +39,17 @@ def task_exit_status(state: str, data: Optional[Union[bytes, str]]) -> int:
         if isinstance(code, int) and 0 < code < 256:
             return code
     return 1
+
+
+def service_record() -> dict[str, object]:
+    """What a host service (the reaper watcher, the address guard) writes into its lock: its pid,
+    its executable (host set-up replaces a service of another installation) and its start time."""
+    return {"pid": os.getpid(), "exe": str(Path(sys.argv[0]).resolve()), "started": round(time.time(), 3)}
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: how a host service is told to stop."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop

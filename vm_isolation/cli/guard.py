@@ -13,10 +13,7 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +23,7 @@ from ..errors import VmIsolationError
 from ..hostnet import interface_names
 from ..leases import STATUS_DIR, status_file_addresses, status_files_state
 from ..reaperwatch import WatchLock, watcher_record_at
-from .common import configure_logging
+from .common import configure_logging, service_record, stop_on_signals
 
 log = logging.getLogger("vm-isolation-guard")
 
@@ -44,15 +41,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         log.error("vm-isolation-guard changes nftables sets: run it as root (host set-up starts it)")
         return 2
     try:
-        lock = WatchLock(GUARD_LOCK, {"pid": os.getpid(), "exe": str(Path(sys.argv[0]).resolve()),
-                                      "started": round(time.time(), 3)}, what="vm-isolation-guard")
+        lock = WatchLock(GUARD_LOCK, service_record(), what="vm-isolation-guard")
         hostfirewall.install_guard()
     except VmIsolationError as exc:
         log.error("%s", exc)
         return 1
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     guard = AddressGuard(hostfirewall.NftGuardTable(), lambda: status_file_addresses(args.lease_dir),
                          lambda: status_files_state(args.lease_dir), interface_names)
     log.info("guarding: leases from %s every %.0f ms", args.lease_dir, args.interval * 1000)

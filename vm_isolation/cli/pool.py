@@ -39,7 +39,7 @@ from ..procinfo import own_start_time
 from ..reaperwatch import WatchLock, watcher_record_at
 from ..waiting import Deadline, WaitTimeout, poll_until
 from ..wiring import real_hypervisor, real_launcher
-from .common import configure_logging
+from .common import configure_logging, stop_on_signals
 
 log = logging.getLogger("vm-isolation-pool")
 POOL_EXECUTOR_ID = "vm-isolation-pool"
@@ -115,9 +115,7 @@ def _serve(settings: Settings) -> int:
         except VmIsolationError as exc:
             log.error("%s", exc)
             return 1
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda _s, _f: stop.set())
+        stop = stop_on_signals()
         threading.Thread(target=pool.run_refills, name="refills", daemon=True).start()
         threading.Thread(target=_write_status, args=(settings, pool, stop), name="status", daemon=True).start()
         log.info("serving %s on %s (max %d concurrent boots)",

@@ -20,11 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +30,7 @@ from ..journal import journals_under
 from ..reaper import DEFAULT_ORPHAN_MIN_AGE_S, ReapReport, reap
 from ..reaperwatch import DEFAULT_FULL_EVERY_S, DEFAULT_INTERVAL_S, WatchLock, watch, watch_lock_path
 from ..wiring import agent_ports, real_hypervisor, real_leases
-from .common import configure_logging
+from .common import configure_logging, service_record, stop_on_signals
 
 log = logging.getLogger("vm-isolation-reap")
 DEFAULT_AGENT_WORK_DIR = Path("/var/lib/mesos")
@@ -90,14 +86,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _watch(settings: Settings, args: argparse.Namespace) -> int:
     try:
-        lock = WatchLock(watch_lock_path(settings), {"pid": os.getpid(), "exe": str(Path(sys.argv[0]).resolve()),
-                                                     "started": round(time.time(), 3)})
+        lock = WatchLock(watch_lock_path(settings), service_record())
     except VmIsolationError as exc:
         log.error("%s", exc)
         return 1
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     # A libvirtd that is down or restarting is waited for, never a reason to exit.
     hypervisor = real_hypervisor(settings, first_connect_s=FIRST_CONNECT_S)
     log.info("watching: owners every %.1f s, full pass every %.0f s (journals under %s)",
