@@ -13,6 +13,7 @@ restart, so a lease that existed before the guest started is never taken as its 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -162,10 +163,17 @@ def status_file_addresses(status_dir: Path = STATUS_DIR) -> Optional[set[tuple[s
             if not isinstance(entry, dict):
                 continue
             mac, ip = str(entry.get("mac-address", "")).lower(), str(entry.get("ip-address", ""))
-            if _MAC.fullmatch(mac) and _IPV4.fullmatch(ip):
+            if _MAC.fullmatch(mac) and _is_ipv4(ip):
                 pairs.add((mac, ip))
     return pairs
 
 
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-_IPV4 = re.compile(r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}")
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
