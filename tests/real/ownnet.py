@@ -15,6 +15,7 @@ import ipaddress
 import json
 import random
 import secrets
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -214,6 +215,19 @@ def interfaces(uri: str, domain: str) -> dict[str, str]:
         if len(fields) == 5:
             found[fields[4].lower()] = fields[0]
     return found
+
+
+ARP_PROBE = Path(__file__).parent / "guest" / "arp_probe.py"
+"""Sends and answers ARP from inside a guest (put it there with put_file)."""
+
+
+def host_fetch(ip: str, port: int = 7000) -> str:
+    """What the guest service started by PY_SERVE answers ("hello"), "" if nothing does."""
+    try:
+        with socket.create_connection((ip, port), timeout=3) as conn:
+            return conn.recv(16).decode()
+    except OSError:
+        return ""
 
 
 def guard_binds(dev: str, ip: str) -> bool:

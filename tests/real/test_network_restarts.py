@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import socket
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.real.conftest import restart_libvirtd
 from tests.real.ownnet import (
+    ARP_PROBE,
     PY_SERVE,
     OwnNetwork,
     bridge_port,
     guard_binds,
+    host_fetch,
     interfaces,
     own_network,
     run,
@@ -40,8 +41,6 @@ from vm_isolation.guest import GuestRequest
 from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.ids import domain_name_for
 from vm_isolation.waiting import Deadline, poll_until
-
-ARP_PROBE = Path(__file__).parent / "guest" / "arp_probe.py"
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +87,6 @@ class Pair:
         probe = f"python3 /tmp/arp_probe.py ask {b.mac} {{}} {net.address}"
         assert run(b, probe.format(b.ip))[1].strip() == "reply"
         assert run(b, probe.format(a.ip))[1].strip() == "noreply"
-
-
-def host_fetch(ip: str, port: int = 7000) -> str:
-    try:
-        with socket.create_connection((ip, port), timeout=3) as conn:
-            return conn.recv(16).decode()
-    except OSError:
-        return ""
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ resolves names. Controls: the same probes from B's own identity succeed.
 from __future__ import annotations
 
 import re
-import socket
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
@@ -17,9 +16,11 @@ from typing import Iterator
 import pytest
 
 from tests.real.ownnet import (
+    ARP_PROBE,
     PY_SERVE,
     OwnNetwork,
     fdb_ports,
+    host_fetch,
     host_neighbour,
     interfaces,
     own_network,
@@ -33,7 +34,6 @@ from vm_isolation.hypervisor import LibvirtHypervisor
 from vm_isolation.ids import domain_name_for
 from vm_isolation.waiting import Deadline, poll_until
 
-ARP_PROBE = Path(__file__).parent / "guest" / "arp_probe.py"
 FAKE_MAC = "52:54:00:de:ad:01"
 
 
@@ -60,14 +60,6 @@ def pair(net: OwnNetwork) -> Iterator[tuple[Guest, Guest]]:
                    what="A's service (python starts slowly under emulation)")
         yield a, b
     leftovers.assert_none_since(before, macs, prefixes=names)
-
-
-def host_fetch(ip: str, port: int = 7000) -> str:
-    try:
-        with socket.create_connection((ip, port), timeout=3) as conn:
-            return conn.recv(16).decode()
-    except OSError:
-        return ""
 
 
 def bridge_mac(net: OwnNetwork) -> str:
